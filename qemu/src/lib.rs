@@ -1,0 +1,1 @@
+//! stock-QEMU capture for gammaray (being written).

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs the system packages gammaray's tests and benchmarks need on a fresh
+# Debian 12 machine: QEMU (from bookworm-backports, to match the machine's
+# qemu-utils 10), busybox-static, e2fsprogs, sleuthkit (fls), ntfs-3g, fdisk.
+# Idempotent: skips the install when everything is already there.
+set -euo pipefail
+
+need=()
+for cmd in qemu-system-x86_64 busybox mkfs.ext4 fls mkntfs sfdisk xz zstd cpio; do
+  command -v "$cmd" >/dev/null 2>&1 || need+=("$cmd")
+done
+if [ ${#need[@]} -eq 0 ]; then
+  echo "setup-host: all packages present"
+  exit 0
+fi
+echo "setup-host: missing ${need[*]}; installing"
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+# A private apt configuration that adds bookworm-backports on the same mirror
+# the system already uses, without touching the system's sources.
+APTDIR=/var/cache/gammaray-apt
+$SUDO mkdir -p "$APTDIR/lists/partial" "$APTDIR/sources.list.d"
+mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+[ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+$SUDO cp /etc/apt/sources.list.d/debian.sources "$APTDIR/sources.list.d/" 2>/dev/null || true
+echo "deb $mirror bookworm-backports main" | $SUDO tee "$APTDIR/sources.list.d/backports.list" >/dev/null
+cat <<CONF | $SUDO tee "$APTDIR/apt.conf" >/dev/null
+Dir::Etc::sourcelist "/dev/null";
+Dir::Etc::sourceparts "$APTDIR/sources.list.d";
+Dir::State::Lists "$APTDIR/lists";
+DPkg::Lock::Timeout "300";
+CONF
+export APT_CONFIG="$APTDIR/apt.conf"
+export DEBIAN_FRONTEND=noninteractive
+if [ -n "$SUDO" ]; then APT="sudo -E apt-get"; else APT="apt-get"; fi
+$APT update -q
+$APT install -y -q --no-install-recommends -t bookworm-backports \
+  qemu-system-x86 busybox-static ntfs-3g xz-utils cpio zstd e2fsprogs sleuthkit fdisk
+echo "setup-host: done"
