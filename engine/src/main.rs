@@ -1,1 +1,102 @@
-fn main() {}
+//! `gammaray`: watch virtual machines' file systems from outside the guest.
+//!
+//! Subcommands follow DESIGN.md: `crawl` indexes a disk image, `capture`
+//! records a guest's writes from stock QEMU.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod capture;
+mod crawl;
+
+/// gammaray: agentless streaming of guest file-system updates.
+#[derive(Debug, Parser)]
+#[command(name = "gammaray", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Index a raw disk image: partitions, file systems, files, block map.
+    Crawl(CrawlArgs),
+    /// Record a guest's disk writes from stock QEMU in dm-log-writes format.
+    Capture(CaptureArgs),
+}
+
+/// Arguments of `gammaray crawl`.
+#[derive(Debug, clap::Args)]
+pub struct CrawlArgs {
+    /// The raw disk image to index.
+    pub disk: PathBuf,
+    /// Where to write the index (default: DISK.gammaray).
+    #[arg(short = 'o', long = "output", value_name = "INDEX")]
+    pub output: Option<PathBuf>,
+    /// Print the state listing (one JSON object per name) to stdout.
+    #[arg(long)]
+    pub list: bool,
+    /// Add each regular file's sha256 to the listing (read through the block map).
+    #[arg(long)]
+    pub hash: bool,
+    /// Load an existing index instead of crawling (for timing the load).
+    #[arg(long, value_name = "INDEX", conflicts_with = "output")]
+    pub load: Option<PathBuf>,
+}
+
+/// How `gammaray capture --attach` taps a running VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AttachVia {
+    /// Insert a `blklogwrites` node whose log is gammaray's NBD server.
+    Blklogwrites,
+    /// Start a `blockdev-mirror` (write-blocking) to gammaray's NBD target.
+    Mirror,
+}
+
+/// Arguments of `gammaray capture`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["serve", "attach"])))]
+pub struct CaptureArgs {
+    /// Serve this raw image over NBD to QEMU and record its writes.
+    #[arg(long, value_name = "DISK", requires = "socket")]
+    pub serve: Option<PathBuf>,
+    /// Unix socket to serve NBD on (QEMU: file=nbd+unix:///?socket=SOCK).
+    #[arg(long, value_name = "SOCK")]
+    pub socket: Option<PathBuf>,
+    /// Attach to a running VM through its QMP unix socket.
+    #[arg(long, value_name = "QMP_SOCK", requires = "drive")]
+    pub attach: Option<PathBuf>,
+    /// The node name of the drive to tap (with --attach).
+    #[arg(long, value_name = "NODE")]
+    pub drive: Option<String>,
+    /// How to tap the drive (with --attach).
+    #[arg(long, value_enum, default_value = "blklogwrites")]
+    pub via: AttachVia,
+    /// Where to write the dm-log-writes trace.
+    #[arg(long, value_name = "TRACE")]
+    pub log: PathBuf,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GAMMARAY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Crawl(args) => crawl::run(&args),
+        Command::Capture(args) => capture::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("gammaray: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
