@@ -31,6 +31,7 @@
 #![forbid(unsafe_code)]
 
 pub mod blockmap;
+pub mod content;
 pub mod device;
 pub mod error;
 pub mod fs;
