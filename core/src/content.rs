@@ -95,7 +95,10 @@ impl ContentIndex {
                 return Err(Error::corrupt(
                     "file extent map",
                     e.phys.saturating_mul(bs),
-                    format!("file {file}: logical block {} overlaps an earlier extent", e.logical),
+                    format!(
+                        "file {file}: logical block {} overlaps an earlier extent",
+                        e.logical
+                    ),
                 ));
             }
             emit_zeroes(start.min(size) - pos, out)?;
@@ -137,7 +140,7 @@ impl ContentIndex {
 }
 
 fn emit_zeroes(mut n: u64, out: &mut dyn FnMut(&[u8])) -> Result<()> {
-    const ZERO: [u8; 65536] = [0u8; 65536];
+    static ZERO: [u8; 65536] = [0u8; 65536];
     while n > 0 {
         let k = n.min(ZERO.len() as u64) as usize;
         out(&ZERO[..k]);
@@ -157,9 +160,30 @@ mod tests {
         disk[20..24].copy_from_slice(b"BBBB"); // block 5
         disk[24..28].copy_from_slice(b"CCCC"); // block 6 (unwritten)
         let mut m = FsModel::new("test", 4, 2);
-        m.blocks.push(2, 1, Owner::FileData { file: 7, logical: 0 });
-        m.blocks.push(5, 1, Owner::FileData { file: 7, logical: 2 });
-        m.blocks.push(6, 1, Owner::Unwritten { file: 7, logical: 3 });
+        m.blocks.push(
+            2,
+            1,
+            Owner::FileData {
+                file: 7,
+                logical: 0,
+            },
+        );
+        m.blocks.push(
+            5,
+            1,
+            Owner::FileData {
+                file: 7,
+                logical: 2,
+            },
+        );
+        m.blocks.push(
+            6,
+            1,
+            Owner::Unwritten {
+                file: 7,
+                logical: 3,
+            },
+        );
         m.blocks.finish();
         let idx = ContentIndex::build(&m);
         let mut got = Vec::new();

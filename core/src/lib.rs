@@ -39,6 +39,7 @@ pub mod index;
 pub mod listing;
 pub mod model;
 pub mod partition;
+pub mod varint;
 pub mod write;
 
 pub use blockmap::{BlockMap, Owner, Run};

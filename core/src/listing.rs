@@ -182,7 +182,10 @@ mod tests {
             size: 0,
             nlink: 1,
             atime: Timestamp::default(),
-            mtime: Timestamp { sec: 1_700_000_000, nsec: 5 },
+            mtime: Timestamp {
+                sec: 1_700_000_000,
+                nsec: 5,
+            },
             ctime: Timestamp::default(),
             crtime: Timestamp::default(),
             target: None,

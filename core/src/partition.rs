@@ -358,10 +358,7 @@ fn read_gpt_entries(dev: &dyn BlockDevice, h: &GptHeader) -> Result<Vec<u8>> {
         return Err(Error::corrupt(
             "GPT entry array",
             offset,
-            format!(
-                "CRC32 0x{:08x}, computed 0x{crc:08x}",
-                h.entries_crc
-            ),
+            format!("CRC32 0x{:08x}, computed 0x{crc:08x}", h.entries_crc),
         ));
     }
     Ok(bytes)
@@ -489,7 +486,11 @@ mod tests {
         // EBR 2 at 200: logical at +5.
         put_entry(&mut disk[200 * 512..201 * 512], 0, 0x83, 5, 40);
         let t = read_partitions(&disk).unwrap();
-        let got: Vec<(u32, u64)> = t.partitions.iter().map(|p| (p.number, p.start / 512)).collect();
+        let got: Vec<(u32, u64)> = t
+            .partitions
+            .iter()
+            .map(|p| (p.number, p.start / 512))
+            .collect();
         assert_eq!(got, vec![(1, 10), (5, 110), (6, 205)]);
         assert!(t.warnings.is_empty());
     }
