@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Crawl benchmark: gammaray crawl vs TSK `fls -r -l -p` vs `e2fsck -fn` on ext4
+# images with N small files in a directory tree (default: 128000 and
+# 1000000), all in one run, warm page cache. Also reports peak RSS, index
+# bytes per file, index load time and resident bytes per file after loading.
+#
+# Usage: bench/crawl.sh [N ...]     (images are cached in bench/out/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+counts=("$@")
+[ ${#counts[@]} -gt 0 ] || counts=(128000 1000000)
+out=bench/out
+mkdir -p "$out"
+cargo build --release -q -p gammaray
+bin=target/release/gammaray
+
+make_image() { # N IMG
+  local n=$1 img=$2 src="$out/src-$1"
+  if [ -f "$img" ]; then return; fi
+  rm -rf "$src"
+  python3 - "$src" "$n" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+per_dir = 1000
+for d in range((n + per_dir - 1) // per_dir):
+    top = os.path.join(root, f"d{d // 100:03d}", f"s{d % 100:02d}")
+    os.makedirs(top, exist_ok=True)
+    for i in range(min(per_dir, n - d * per_dir)):
+        k = d * per_dir + i
+        with open(os.path.join(top, f"file-{k:07d}.txt"), "w") as f:
+            f.write(f"file {k}\n" * (1 + k % 50))
+PY
+  local files=$((n + n / 1000 + 100))
+  mkfs.ext4 -F -q -b 4096 -N "$files" -E lazy_itable_init=0,lazy_journal_init=0 -d "$src" "$img" $(( (n / 200 + 256) ))M
+  rm -rf "$src"
+}
+
+measure() { # prints "wall_s peak_rss_kib" of a command, output discarded
+  /usr/bin/time -f "%e %M" -o "$out/time.txt" "$@" >/dev/null 2>"$out/stderr.txt" || {
+    cat "$out/stderr.txt" >&2; return 1; }
+  cat "$out/time.txt"
+}
+
+printf '| files | gammaray crawl s | fls -r -l -p s | e2fsck -fn s | crawl peak RSS MiB | index B/file | index load s | load RSS B/file |\n'
+printf '|---|---|---|---|---|---|---|---|\n'
+for n in "${counts[@]}"; do
+  img="$out/ext4-$n.img"
+  make_image "$n" "$img"
+  idx="$out/ext4-$n.gammaray"
+  cat "$img" > /dev/null # warm the page cache
+  # One warm-up of each tool, then the measured run.
+  measure "$bin" crawl "$img" -o "$idx" >/dev/null
+  read -r g_s g_rss < <(measure "$bin" crawl "$img" -o "$idx")
+  measure fls -r -l -p "$img" >/dev/null
+  read -r f_s _ < <(measure fls -r -l -p "$img")
+  measure e2fsck -fn "$img" >/dev/null || true
+  read -r e_s _ < <(measure e2fsck -fn "$img")
+  files=$(grep -o '[0-9]* files' "$out/stderr.txt" 2>/dev/null | head -1 | cut -d' ' -f1 || true)
+  "$bin" crawl "$img" -o "$idx" 2> "$out/summary.txt"
+  files=$(sed -n 's/.* \([0-9][0-9]*\) files in.*/\1/p' "$out/summary.txt")
+  idx_bytes=$(stat -c %s "$idx")
+  read -r l_s l_rss < <(measure "$bin" crawl "$img" --load "$idx")
+  load_time=$("$bin" crawl "$img" --load "$idx" 2>&1 | sed -n 's/.* in \([0-9.]*\) s.*/\1/p')
+  # Baseline: the same binary loading nothing (an empty image's index).
+  python3 -c "open('$out/empty.img','wb').truncate(1<<20)"
+  "$bin" crawl "$out/empty.img" -o "$out/empty.gammaray" 2>/dev/null
+  read -r _ base_rss < <(measure "$bin" crawl "$out/empty.img" --load "$out/empty.gammaray")
+  awk -v n="$files" -v g="$g_s" -v f="$f_s" -v e="$e_s" -v rss="$g_rss" -v ib="$idx_bytes" \
+      -v lt="$load_time" -v lr="$l_rss" -v br="$base_rss" 'BEGIN {
+    printf "| %d | %.2f | %.2f | %.2f | %.0f | %.1f | %.3f | %.0f |\n",
+      n, g, f, e, rss/1024, ib/n, lt, (lr-br)*1024/n }'
+done
