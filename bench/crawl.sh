@@ -55,7 +55,6 @@ for n in "${counts[@]}"; do
   read -r f_s _ < <(measure fls -r -l -p "$img")
   measure e2fsck -fn "$img" >/dev/null || true
   read -r e_s _ < <(measure e2fsck -fn "$img")
-  files=$(grep -o '[0-9]* files' "$out/stderr.txt" 2>/dev/null | head -1 | cut -d' ' -f1 || true)
   "$bin" crawl "$img" -o "$idx" 2> "$out/summary.txt"
   files=$(sed -n 's/.* \([0-9][0-9]*\) files in.*/\1/p' "$out/summary.txt")
   idx_bytes=$(stat -c %s "$idx")
