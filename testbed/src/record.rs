@@ -1,0 +1,133 @@
+//! Recording a workload: a fresh disk, a guest run behind QEMU's
+//! `blklogwrites` driver, and everything a later test needs in one
+//! directory.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::disk;
+use crate::error::{IoContext, Result};
+use crate::listing;
+use crate::qemu::{Drive, FsKind, Guest, RunSpec};
+use crate::truth::Truth;
+use crate::workload::Workload;
+
+/// What to record.
+#[derive(Debug, Clone)]
+pub struct RecordSpec {
+    /// The workload.
+    pub workload: Workload,
+    /// The file system.
+    pub fs: FsKind,
+    /// Output directory (created; existing recording files are replaced).
+    pub out: PathBuf,
+    /// Disk size in MiB.
+    pub disk_mib: u64,
+    /// Kill QEMU after this long.
+    pub timeout: Duration,
+}
+
+impl RecordSpec {
+    /// A spec with a 64 MiB disk and a 180 s timeout.
+    pub fn new(workload: Workload, fs: FsKind, out: impl Into<PathBuf>) -> Self {
+        RecordSpec {
+            workload,
+            fs,
+            out: out.into(),
+            disk_mib: disk::DEFAULT_DISK_MIB,
+            timeout: Duration::from_secs(180),
+        }
+    }
+}
+
+/// A finished recording. Files, all in [`Recording::dir`]:
+/// `base.img` (the disk before), `final.img` (after), `trace.log`
+/// (dm-log-writes, 512-byte log sectors), `truth.jsonl` (the guest's state
+/// listing), `ops.txt` (one `OP ...` line per operation), `serial.log`.
+#[derive(Debug, Clone)]
+pub struct Recording {
+    /// The output directory.
+    pub dir: PathBuf,
+    /// The disk before the run.
+    pub base: PathBuf,
+    /// The disk after the run.
+    pub final_img: PathBuf,
+    /// The trace.
+    pub trace: PathBuf,
+    /// The ground-truth listing file.
+    pub truth_path: PathBuf,
+    /// The operations file.
+    pub ops_path: PathBuf,
+    /// The serial log.
+    pub serial: PathBuf,
+    /// Parsed ground truth.
+    pub truth: Truth,
+    /// Time spent preparing the disk.
+    pub prepare_time: Duration,
+    /// Time QEMU ran.
+    pub guest_time: Duration,
+}
+
+/// Records `spec.workload` on `spec.fs` into `spec.out`.
+pub fn record(spec: &RecordSpec) -> Result<Recording> {
+    let guest = Guest::new()?;
+    record_with(&guest, spec)
+}
+
+/// Like [`record`], with a guest already set up.
+pub fn record_with(guest: &Guest, spec: &RecordSpec) -> Result<Recording> {
+    let dir = &spec.out;
+    std::fs::create_dir_all(dir).ctx("creating", dir)?;
+    let t0 = Instant::now();
+    let base = dir.join("base.img");
+    let final_img = dir.join("final.img");
+    let trace = dir.join("trace.log");
+    for f in [&base, &final_img, &trace] {
+        let _ = std::fs::remove_file(f);
+    }
+    disk::make_base_image(spec.fs, &base, spec.disk_mib)?;
+    std::fs::copy(&base, &final_img).ctx("copying base image to", &final_img)?;
+    std::fs::File::create(&trace).ctx("creating", &trace)?;
+    let prepare_time = t0.elapsed();
+
+    let mut run = RunSpec::new(
+        dir,
+        spec.workload.script(),
+        spec.fs,
+        Drive::LogWrites {
+            disk: final_img.clone(),
+            log: trace.clone(),
+        },
+    );
+    run.timeout = spec.timeout;
+    let out = guest.run(&run)?;
+    tracing::info!(
+        workload = %spec.workload,
+        fs = spec.fs.name(),
+        seconds = out.elapsed.as_secs_f64(),
+        ops = out.truth.ops.len(),
+        names = out.truth.listing.len(),
+        "recorded"
+    );
+    write_truth(dir, &out.truth)?;
+    Ok(Recording {
+        dir: dir.clone(),
+        base,
+        final_img,
+        trace,
+        truth_path: dir.join("truth.jsonl"),
+        ops_path: dir.join("ops.txt"),
+        serial: out.serial,
+        truth: out.truth,
+        prepare_time,
+        guest_time: out.elapsed,
+    })
+}
+
+/// Writes `truth.jsonl` and `ops.txt` into `dir`.
+pub fn write_truth(dir: &Path, truth: &Truth) -> Result<()> {
+    listing::write(&dir.join("truth.jsonl"), &truth.listing)?;
+    let ops: String = truth.ops.iter().map(|o| format!("{o}\n")).collect();
+    let p = dir.join("ops.txt");
+    std::fs::write(&p, ops).ctx("writing", &p)
+}

@@ -1,0 +1,266 @@
+//! Parsing what the guest printed on its serial console (protocol in
+//! `testbed/guest/init.sh`): the operations the workload performed and the
+//! raw listing records, which become a [`ListingEntry`] list here (the host
+//! does the JSON escaping and the sorting, which busybox cannot do reliably).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::listing::{self, ListingEntry};
+
+/// Where the guest mounts the disk; stripped from listed paths.
+pub const MOUNT_POINT: &str = "/mnt";
+
+/// Ground truth from one guest run.
+#[derive(Debug, Clone, Default)]
+pub struct Truth {
+    /// The workload's operations, one `OP ...` line each, in order.
+    pub ops: Vec<String>,
+    /// The file system after the workload and a `sync`, sorted.
+    pub listing: Vec<ListingEntry>,
+    /// Pacing points the guest passed (`GR-PACE name answer`).
+    pub paced: Vec<String>,
+}
+
+#[derive(PartialEq)]
+enum Section {
+    None,
+    Ops,
+    Listing,
+}
+
+struct Stat {
+    st_mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    nlink: u64,
+    mtime: i64,
+    line: usize,
+}
+
+/// Parses a serial log. Fails if the guest reported an error, if a section
+/// is missing, or if `GR-DONE` never came.
+pub fn parse_serial(bytes: &[u8]) -> Result<Truth> {
+    let text = String::from_utf8_lossy(bytes);
+    let mut truth = Truth::default();
+    let mut section = Section::None;
+    let mut errors = Vec::new();
+    let mut done = false;
+    let mut saw_ops = false;
+    let mut saw_listing = false;
+    let mut rc: Option<String> = None;
+    let mut stats: Vec<(String, Stat)> = Vec::new();
+    let mut targets: HashMap<String, String> = HashMap::new();
+    let mut hashes: HashMap<String, String> = HashMap::new();
+    let mut pending_link: Option<String> = None;
+
+    let bad = |line: usize, message: &'static str, text: &str| Error::Truth {
+        line,
+        message,
+        text: text.to_string(),
+    };
+
+    for (i, raw) in text.split('\n').enumerate() {
+        let n = i + 1;
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        match line {
+            "GR-BEGIN-OPS" => {
+                section = Section::Ops;
+                saw_ops = true;
+                continue;
+            }
+            "GR-BEGIN-LISTING" => {
+                section = Section::Listing;
+                saw_listing = true;
+                continue;
+            }
+            "GR-END-LISTING" => {
+                section = Section::None;
+                continue;
+            }
+            "GR-DONE" => {
+                done = true;
+                continue;
+            }
+            _ => {}
+        }
+        if let Some(r) = line.strip_prefix("GR-END-OPS rc=") {
+            rc = Some(r.to_string());
+            section = Section::None;
+            continue;
+        }
+        if let Some(m) = line.strip_prefix("GR-ERROR ") {
+            errors.push(m.to_string());
+            continue;
+        }
+        if let Some(p) = line.strip_prefix("GR-PACE ") {
+            truth.paced.push(p.to_string());
+            continue;
+        }
+        match section {
+            Section::None => {}
+            Section::Ops => {
+                if line.starts_with("OP ") {
+                    truth.ops.push(line.to_string());
+                }
+            }
+            Section::Listing => {
+                if let Some(rest) = line.strip_prefix("S|") {
+                    let f: Vec<&str> = rest.splitn(7, '|').collect();
+                    if f.len() != 7 {
+                        return Err(bad(n, "stat record needs 7 fields", line));
+                    }
+                    let num = |s: &str| s.parse::<u64>().map_err(|_| bad(n, "bad number", line));
+                    let st = Stat {
+                        st_mode: u32::from_str_radix(f[0], 16)
+                            .map_err(|_| bad(n, "bad hex mode", line))?,
+                        uid: u32::try_from(num(f[1])?).map_err(|_| bad(n, "uid too large", line))?,
+                        gid: u32::try_from(num(f[2])?).map_err(|_| bad(n, "gid too large", line))?,
+                        size: num(f[3])?,
+                        nlink: num(f[4])?,
+                        mtime: f[5].parse().map_err(|_| bad(n, "bad mtime", line))?,
+                        line: n,
+                    };
+                    stats.push((fs_path(f[6]).ok_or_else(|| bad(n, "path outside /mnt", line))?, st));
+                } else if let Some(p) = line.strip_prefix("L|") {
+                    pending_link = Some(fs_path(p).ok_or_else(|| bad(n, "path outside /mnt", line))?);
+                } else if let Some(t) = line.strip_prefix("T|") {
+                    let p = pending_link
+                        .take()
+                        .ok_or_else(|| bad(n, "target without a link", line))?;
+                    targets.insert(p, t.to_string());
+                } else if let Some(h) = line.strip_prefix("H|") {
+                    let (hash, path) = h
+                        .split_once("  ")
+                        .ok_or_else(|| bad(n, "hash record needs two fields", line))?;
+                    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(bad(n, "bad sha256", line));
+                    }
+                    let p = fs_path(path).ok_or_else(|| bad(n, "path outside /mnt", line))?;
+                    hashes.insert(p, hash.to_ascii_lowercase());
+                } else if !line.trim().is_empty() {
+                    return Err(bad(n, "unexpected line in listing (kernel message?)", line));
+                }
+            }
+        }
+    }
+
+    if !errors.is_empty() {
+        let last = truth.ops.last().cloned().unwrap_or_else(|| "none".into());
+        return Err(Error::Guest {
+            message: format!(
+                "guest reported: {} (workload rc={}, last op: {last})",
+                errors.join("; "),
+                rc.as_deref().unwrap_or("?")
+            ),
+            serial: PathBuf::new(),
+        });
+    }
+    let missing = |what: &str| Error::Guest {
+        message: format!("serial log has no {what}"),
+        serial: PathBuf::new(),
+    };
+    if !saw_ops {
+        return Err(missing("GR-BEGIN-OPS (guest did not get to its workload)"));
+    }
+    if !saw_listing {
+        return Err(missing("GR-BEGIN-LISTING"));
+    }
+    if !done {
+        return Err(missing("GR-DONE"));
+    }
+
+    for (path, st) in stats {
+        let kind = listing::type_name(st.st_mode).ok_or_else(|| Error::Truth {
+            line: st.line,
+            message: "unknown file type",
+            text: path.clone(),
+        })?;
+        let target = if kind == "symlink" {
+            Some(targets.remove(&path).ok_or_else(|| Error::Truth {
+                line: st.line,
+                message: "symlink without a target record",
+                text: path.clone(),
+            })?)
+        } else {
+            None
+        };
+        let sha256 = if kind == "file" {
+            Some(hashes.remove(&path).ok_or_else(|| Error::Truth {
+                line: st.line,
+                message: "file without a sha256 record",
+                text: path.clone(),
+            })?)
+        } else {
+            None
+        };
+        truth.listing.push(ListingEntry {
+            part: 1,
+            path,
+            kind: kind.to_string(),
+            mode: st.st_mode & 0o7777,
+            uid: st.uid,
+            gid: st.gid,
+            size: st.size,
+            nlink: st.nlink,
+            mtime: st.mtime,
+            target,
+            sha256,
+        });
+    }
+    listing::sort(&mut truth.listing);
+    Ok(truth)
+}
+
+/// `/mnt` → `/`, `/mnt/a` → `/a`; anything else is not ours.
+fn fs_path(p: &str) -> Option<String> {
+    if p == MOUNT_POINT {
+        return Some("/".into());
+    }
+    p.strip_prefix(MOUNT_POINT)
+        .filter(|rest| rest.starts_with('/'))
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "GR-BOOT\r\nGR-BEGIN-OPS\r\nOP mkdir /a\r\nGR-END-OPS rc=0\r\n\
+GR-BEGIN-LISTING\r\n\
+S|41ed|0|0|4096|3|1700000000|/mnt\r\n\
+S|41ed|0|0|4096|2|1700000000|/mnt/a\r\n\
+S|81a4|1000|100|3|1|1700000001|/mnt/a/x \"y\"|z\r\n\
+S|a1ff|0|0|1|1|1700000002|/mnt/l\r\n\
+L|/mnt/l\r\nT|a\r\n\
+H|ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad  /mnt/a/x \"y\"|z\r\n\
+GR-END-LISTING\r\nGR-DONE\r\n";
+
+    #[test]
+    fn parses_ops_and_listing() {
+        let t = parse_serial(SAMPLE.as_bytes()).unwrap();
+        assert_eq!(t.ops, vec!["OP mkdir /a"]);
+        let paths: Vec<&str> = t.listing.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, vec!["/", "/a", "/a/x \"y\"|z", "/l"]);
+        let f = &t.listing[2];
+        assert_eq!((f.kind.as_str(), f.mode, f.uid, f.gid), ("file", 0o644, 1000, 100));
+        assert_eq!(t.listing[3].target.as_deref(), Some("a"));
+        let json = serde_json::to_string(f).unwrap();
+        assert!(json.starts_with(r#"{"part":1,"path":"/a/x \"y\"|z","type":"file","mode":420"#), "{json}");
+        assert!(json.ends_with(r#""sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}"#));
+    }
+
+    #[test]
+    fn guest_error_is_reported() {
+        let s = SAMPLE.replace("GR-DONE", "GR-ERROR workload exited with 1");
+        assert!(matches!(parse_serial(s.as_bytes()), Err(Error::Guest { .. })));
+    }
+
+    #[test]
+    fn missing_done_is_an_error() {
+        let s = SAMPLE.replace("GR-DONE", "");
+        assert!(parse_serial(s.as_bytes()).is_err());
+    }
+}
