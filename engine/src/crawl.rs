@@ -54,7 +54,7 @@ impl Progress for Bar {
 
 /// Counts and prints warnings, the first few in full.
 #[derive(Default)]
-struct Warnings {
+pub(crate) struct Warnings {
     count: usize,
 }
 
