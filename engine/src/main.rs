@@ -71,8 +71,11 @@ pub struct CaptureArgs {
     /// The node name of the drive to tap (with --attach).
     #[arg(long, value_name = "NODE")]
     pub drive: Option<String>,
-    /// How to tap the drive (with --attach).
-    #[arg(long, value_enum, default_value = "blklogwrites")]
+    /// How to tap the drive (with --attach). `mirror` (the default) leaves
+    /// the guest unharmed if gammaray dies while attached but does not see
+    /// flushes; `blklogwrites` records flushes too, but the guest's writes
+    /// fail if gammaray dies while attached.
+    #[arg(long, value_enum, default_value = "mirror")]
     pub via: AttachVia,
     /// Where to write the dm-log-writes trace.
     #[arg(long, value_name = "TRACE")]
