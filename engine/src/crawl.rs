@@ -69,7 +69,11 @@ impl Warnings {
 }
 
 /// Crawls every partition of `dev` whose file system a driver recognises.
-pub(crate) fn crawl_disk(dev: &FileDevice, disk: &Path, warnings: &mut Warnings) -> Result<DiskIndex> {
+pub(crate) fn crawl_disk(
+    dev: &FileDevice,
+    disk: &Path,
+    warnings: &mut Warnings,
+) -> Result<DiskIndex> {
     let table = read_partitions(dev)
         .with_context(|| format!("reading the partition table of {}", disk.display()))?;
     for w in &table.warnings {
