@@ -71,7 +71,11 @@ impl Writer {
                 minor,
             } => (path, 0o020000 | mode, &[], (*major, *minor)),
         };
-        let nlink = if matches!(m, Member::Dir { .. }) { 2 } else { 1 };
+        let nlink = if matches!(m, Member::Dir { .. }) {
+            2
+        } else {
+            1
+        };
         self.entry(path, mode, nlink, data, rdev);
         self.ino += 1;
     }
@@ -104,7 +108,7 @@ impl Writer {
     }
 
     fn pad(&mut self) {
-        while self.out.len() % 4 != 0 {
+        while self.out.len() & 3 != 0 {
             self.out.push(0);
         }
     }

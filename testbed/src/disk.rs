@@ -128,7 +128,14 @@ fn make_ext4(path: &Path, mib: u64) -> Result<()> {
     sized_file(path, mib)?;
     let r = tools::run(
         tools::tool("mkfs.ext4")?
-            .args(["-F", "-q", "-b", "4096", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
+            .args([
+                "-F",
+                "-q",
+                "-b",
+                "4096",
+                "-E",
+                "lazy_itable_init=0,lazy_journal_init=0",
+            ])
             .arg("-d")
             .arg(&seed)
             .arg(path),
@@ -139,7 +146,8 @@ fn make_ext4(path: &Path, mib: u64) -> Result<()> {
 
 /// Unpacks the seed archive in the guest (`cpio` as root; ntfs3 ignores
 /// ownership, so its errors are tolerated).
-const NTFS_SEED_SCRIPT: &str = "cpio -idm < /sys/firmware/qemu_fw_cfg/by_name/opt/gr/seed/raw 2>/dev/null || true\n\
+const NTFS_SEED_SCRIPT: &str =
+    "cpio -idm < /sys/firmware/qemu_fw_cfg/by_name/opt/gr/seed/raw 2>/dev/null || true\n\
 [ -f \"$R/srv/data/blob.bin\" ]\n";
 
 fn seed_ntfs(dir: &Path, mib: u64) -> Result<()> {
@@ -150,10 +158,20 @@ fn seed_ntfs(dir: &Path, mib: u64) -> Result<()> {
     std::fs::write(&archive, seed_archive()).ctx("writing", &archive)?;
     let work: PathBuf = dir.join("seed-run");
     let guest = Guest::new()?;
-    let mut spec = RunSpec::new(&work, NTFS_SEED_SCRIPT, FsKind::Ntfs, Drive::Raw(img.clone()));
+    let mut spec = RunSpec::new(
+        &work,
+        NTFS_SEED_SCRIPT,
+        FsKind::Ntfs,
+        Drive::Raw(img.clone()),
+    );
     spec.fw_cfg.push(("seed".into(), archive.clone()));
     let out = guest.run(&spec)?;
-    let have = out.truth.listing.iter().filter(|e| e.kind == "file").count();
+    let have = out
+        .truth
+        .listing
+        .iter()
+        .filter(|e| e.kind == "file")
+        .count();
     if have < seed_files().len() {
         return Err(Error::Guest {
             message: format!("NTFS seeding left {have} files"),

@@ -76,7 +76,8 @@ fn has_interpreter(elf: &[u8]) -> bool {
         return false;
     };
     (0..usize::from(phnum)).any(|i| {
-        let at = usize::try_from(phoff).unwrap_or(usize::MAX)
+        let at = usize::try_from(phoff)
+            .unwrap_or(usize::MAX)
             .saturating_add(i.saturating_mul(usize::from(phentsize)));
         elf.get(at..at + 4) == Some(&3u32.to_le_bytes()[..])
     })
@@ -84,7 +85,17 @@ fn has_interpreter(elf: &[u8]) -> bool {
 
 fn write_initrd(kernel: &Kernel, busybox: &[u8], out: &Path) -> Result<()> {
     let mut w = Writer::new(1_700_000_000);
-    for d in ["bin", "dev", "lib", "lib/modules", "lib/gr", "mnt", "proc", "sys", "tmp"] {
+    for d in [
+        "bin",
+        "dev",
+        "lib",
+        "lib/modules",
+        "lib/gr",
+        "mnt",
+        "proc",
+        "sys",
+        "tmp",
+    ] {
         w.add(&Member::Dir {
             path: d.into(),
             mode: 0o755,

@@ -193,8 +193,11 @@ pub fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<()> {
     let _ = std::fs::remove_file(&zst);
     r?;
     let mut head = [0u8; 4];
-    std::io::Read::read_exact(&mut std::fs::File::open(out).ctx("opening", out)?, &mut head)
-        .ctx("reading", out)?;
+    std::io::Read::read_exact(
+        &mut std::fs::File::open(out).ctx("opening", out)?,
+        &mut head,
+    )
+    .ctx("reading", out)?;
     if &head != b"\x7fELF" {
         return Err(bad("decompressed payload is not ELF"));
     }

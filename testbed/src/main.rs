@@ -4,10 +4,15 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use gammaray_testbed::{record, trace, FsKind, Guest, RecordSpec, Workload};
+use gammaray_testbed::{
+    disk, record, trace, write_truth, Drive, FsKind, Guest, RecordSpec, RunSpec, Workload,
+};
 
 #[derive(Parser)]
-#[command(name = "gammaray-testbed", about = "Real Linux guests for gammaray's tests")]
+#[command(
+    name = "gammaray-testbed",
+    about = "Real Linux guests for gammaray's tests"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -32,6 +37,22 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         disk_mib: u64,
     },
+    /// Boot the guest once with a script on a fresh (or given) disk and print
+    /// the ground truth.
+    Run {
+        /// A busybox ash script, run in the mounted file system.
+        #[arg(long)]
+        script: PathBuf,
+        /// ext4 or ntfs.
+        #[arg(long)]
+        fs: FsKind,
+        /// Working directory (serial log, disk if none is given).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Use this disk image instead of a fresh one.
+        #[arg(long)]
+        disk: Option<PathBuf>,
+    },
     /// Apply a dm-log-writes trace to a copy of a base image.
     Replay {
         /// The image the trace started from.
@@ -52,8 +73,7 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -72,7 +92,8 @@ fn main() -> anyhow::Result<()> {
         } => {
             let mut spec = RecordSpec::new(workload, fs, &out);
             spec.disk_mib = disk_mib;
-            let rec = record(&spec).with_context(|| format!("recording {workload} on {}", fs.name()))?;
+            let rec =
+                record(&spec).with_context(|| format!("recording {workload} on {}", fs.name()))?;
             println!(
                 "recorded {workload} on {} in {}: {} ops, {} names, prepare {:.1}s, guest {:.1}s",
                 fs.name(),
@@ -82,6 +103,33 @@ fn main() -> anyhow::Result<()> {
                 rec.prepare_time.as_secs_f64(),
                 rec.guest_time.as_secs_f64()
             );
+        }
+        Cmd::Run {
+            script,
+            fs,
+            dir,
+            disk,
+        } => {
+            std::fs::create_dir_all(&dir)?;
+            let disk = match disk {
+                Some(d) => d,
+                None => {
+                    let d = dir.join("disk.img");
+                    disk::make_base_image(fs, &d, disk::DEFAULT_DISK_MIB)?;
+                    d
+                }
+            };
+            let text = std::fs::read_to_string(&script)
+                .with_context(|| format!("reading {}", script.display()))?;
+            let out = Guest::new()?.run(&RunSpec::new(&dir, text, fs, Drive::Raw(disk)))?;
+            write_truth(&dir, &out.truth)?;
+            for op in &out.truth.ops {
+                println!("{op}");
+            }
+            for e in &out.truth.listing {
+                println!("{}", serde_json::to_string(e)?);
+            }
+            eprintln!("guest ran {:.1}s", out.elapsed.as_secs_f64());
         }
         Cmd::Replay {
             base,

@@ -39,9 +39,14 @@ impl Pacer {
         &self.path
     }
 
-    fn connection(&mut self, timeout: Duration) -> Result<&mut (BufReader<UnixStream>, UnixStream)> {
+    fn connection(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<&mut (BufReader<UnixStream>, UnixStream)> {
         if self.conn.is_none() {
-            self.listener.set_nonblocking(true).ctx("configuring", &self.path)?;
+            self.listener
+                .set_nonblocking(true)
+                .ctx("configuring", &self.path)?;
             let deadline = Instant::now() + timeout;
             let stream = loop {
                 match self.listener.accept() {
@@ -55,7 +60,9 @@ impl Pacer {
                     Err(e) => return Err(e).ctx("accepting on", &self.path),
                 }
             };
-            stream.set_nonblocking(false).ctx("configuring", &self.path)?;
+            stream
+                .set_nonblocking(false)
+                .ctx("configuring", &self.path)?;
             let w = stream.try_clone().ctx("cloning", &self.path)?;
             self.conn = Some((BufReader::new(stream), w));
         }
@@ -74,9 +81,13 @@ impl Pacer {
         let mut line = String::new();
         loop {
             line.clear();
-            let n = r.read_line(&mut line).map_err(|e| Error::Pace(format!("waiting for {name}: {e}")))?;
+            let n = r
+                .read_line(&mut line)
+                .map_err(|e| Error::Pace(format!("waiting for {name}: {e}")))?;
             if n == 0 {
-                return Err(Error::Pace(format!("guest closed the channel before {name}")));
+                return Err(Error::Pace(format!(
+                    "guest closed the channel before {name}"
+                )));
             }
             if line.trim_end_matches(['\r', '\n']) == want {
                 return Ok(());

@@ -123,7 +123,9 @@ impl Drive {
                     "driver=file,filename={},node-name={DISK_FILE_NODE}",
                     qemu_path(disk)?
                 ));
-                push(format!("driver=raw,file={DISK_FILE_NODE},node-name={DISK_NODE}"));
+                push(format!(
+                    "driver=raw,file={DISK_FILE_NODE},node-name={DISK_NODE}"
+                ));
             }
             Drive::LogWrites { disk, log } => {
                 if !log.exists() {
@@ -199,7 +201,12 @@ pub struct RunSpec {
 
 impl RunSpec {
     /// A spec with defaults: 256 MiB, 120 s timeout, no QMP, no pacing.
-    pub fn new(dir: impl Into<PathBuf>, script: impl Into<String>, fs: FsKind, drive: Drive) -> Self {
+    pub fn new(
+        dir: impl Into<PathBuf>,
+        script: impl Into<String>,
+        fs: FsKind,
+        drive: Drive,
+    ) -> Self {
         RunSpec {
             dir: dir.into(),
             script: script.into(),
@@ -272,8 +279,10 @@ impl Guest {
         cmd.arg("-serial")
             .arg(format!("file:{}", qemu_path(&spec.serial_log())?));
         if let Some(p) = &spec.pace {
-            cmd.arg("-chardev")
-                .arg(format!("socket,id=grpace,path={},server=off", qemu_path(p)?));
+            cmd.arg("-chardev").arg(format!(
+                "socket,id=grpace,path={},server=off",
+                qemu_path(p)?
+            ));
             cmd.arg("-serial").arg("chardev:grpace");
         }
         if let Some(q) = &spec.qmp {
@@ -387,7 +396,11 @@ impl RunningGuest {
         };
         let deadline = self.started + self.timeout;
         loop {
-            if child.try_wait().ctx("waiting for QEMU", &self.serial)?.is_some() {
+            if child
+                .try_wait()
+                .ctx("waiting for QEMU", &self.serial)?
+                .is_some()
+            {
                 self.child = None;
                 return Ok(());
             }
@@ -467,7 +480,7 @@ fn probe_kvm(g: &Guest) -> Result<bool> {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut ok = false;
     while Instant::now() < deadline {
-        let serial = std::fs::read(&spec.serial_log()).unwrap_or_default();
+        let serial = std::fs::read(spec.serial_log()).unwrap_or_default();
         if serial.windows(7).any(|w| w == b"GR-BOOT") {
             ok = true;
             break;

@@ -70,12 +70,7 @@ pub fn tool(name: &str) -> Result<Command> {
 
 /// Runs `tool args... ` with `input` on stdin... via a file, writing stdout
 /// to `out`.
-pub fn run_to_file(
-    name: &str,
-    args: &[&OsStr],
-    input: &Path,
-    out: &Path,
-) -> Result<()> {
+pub fn run_to_file(name: &str, args: &[&OsStr], input: &Path, out: &Path) -> Result<()> {
     use crate::error::IoContext;
     let stdin = std::fs::File::open(input).ctx("opening", input)?;
     let stdout = std::fs::File::create(out).ctx("creating", out)?;

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, IoContext, Result};
 
 /// The super block's magic number.
-pub const MAGIC: u64 = 0x6a73_6677_7368_72;
+pub const MAGIC: u64 = 0x006a_7366_7773_6872;
 /// Entry flag: a flush (write barrier).
 pub const FLAG_FLUSH: u64 = 1;
 /// Entry flag: forced unit access.
@@ -66,7 +66,8 @@ impl Reader {
         let f = File::open(path).ctx("opening trace", path)?;
         let mut file = BufReader::with_capacity(1 << 20, f);
         let mut sup = [0u8; 28];
-        file.read_exact(&mut sup).ctx("reading trace super block", path)?;
+        file.read_exact(&mut sup)
+            .ctx("reading trace super block", path)?;
         let u64_at = |o: usize| u64::from_le_bytes(sup[o..o + 8].try_into().unwrap_or([0; 8]));
         let bad = |offset, message: String| Error::Trace {
             path: path.to_path_buf(),
@@ -74,11 +75,17 @@ impl Reader {
             message,
         };
         if u64_at(0) != MAGIC {
-            return Err(bad(0, format!("magic {:#x}, expected {MAGIC:#x}", u64_at(0))));
+            return Err(bad(
+                0,
+                format!("magic {:#x}, expected {MAGIC:#x}", u64_at(0)),
+            ));
         }
         let sector_size = u32::from_le_bytes([sup[24], sup[25], sup[26], sup[27]]);
         if !sector_size.is_power_of_two() || !(512..=MAX_SECTOR_SIZE).contains(&sector_size) {
-            return Err(bad(24, format!("sector size {sector_size} is not a power of two in 512..=65536")));
+            return Err(bad(
+                24,
+                format!("sector size {sector_size} is not a power of two in 512..=65536"),
+            ));
         }
         let mut r = Reader {
             path: path.to_path_buf(),
@@ -95,7 +102,9 @@ impl Reader {
     }
 
     fn seek(&mut self, pos: u64) -> Result<()> {
-        self.file.seek(SeekFrom::Start(pos)).ctx("seeking trace", &self.path)?;
+        self.file
+            .seek(SeekFrom::Start(pos))
+            .ctx("seeking trace", &self.path)?;
         self.pos = pos;
         Ok(())
     }
@@ -214,7 +223,8 @@ pub fn apply(trace: &Path, image: &Path) -> Result<ApplyStats> {
             continue;
         }
         if !e.data.is_empty() {
-            img.seek(SeekFrom::Start(e.offset)).ctx("seeking image", image)?;
+            img.seek(SeekFrom::Start(e.offset))
+                .ctx("seeking image", image)?;
             img.write_all(&e.data).ctx("writing image", image)?;
             st.writes += 1;
             st.bytes += e.data.len() as u64;
@@ -299,7 +309,10 @@ mod tests {
         let img = dir.path().join("i.img");
         std::fs::write(&img, vec![0u8; 4096]).unwrap();
         let st = apply(&trace, &img).unwrap();
-        assert_eq!((st.entries, st.writes, st.flushes, st.discards), (3, 1, 1, 1));
+        assert_eq!(
+            (st.entries, st.writes, st.flushes, st.discards),
+            (3, 1, 1, 1)
+        );
         let out = std::fs::read(&img).unwrap();
         assert!(out[1024..1536].iter().all(|&b| b == 0xab));
         assert!(out[..1024].iter().all(|&b| b == 0));
@@ -310,7 +323,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let trace = dir.path().join("t.log");
         std::fs::write(&trace, vec![0u8; 512]).unwrap();
-        assert!(matches!(Reader::open(&trace), Err(Error::Trace { offset: 0, .. })));
+        assert!(matches!(
+            Reader::open(&trace),
+            Err(Error::Trace { offset: 0, .. })
+        ));
     }
 
     #[test]

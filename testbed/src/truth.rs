@@ -116,16 +116,22 @@ pub fn parse_serial(bytes: &[u8]) -> Result<Truth> {
                     let st = Stat {
                         st_mode: u32::from_str_radix(f[0], 16)
                             .map_err(|_| bad(n, "bad hex mode", line))?,
-                        uid: u32::try_from(num(f[1])?).map_err(|_| bad(n, "uid too large", line))?,
-                        gid: u32::try_from(num(f[2])?).map_err(|_| bad(n, "gid too large", line))?,
+                        uid: u32::try_from(num(f[1])?)
+                            .map_err(|_| bad(n, "uid too large", line))?,
+                        gid: u32::try_from(num(f[2])?)
+                            .map_err(|_| bad(n, "gid too large", line))?,
                         size: num(f[3])?,
                         nlink: num(f[4])?,
                         mtime: f[5].parse().map_err(|_| bad(n, "bad mtime", line))?,
                         line: n,
                     };
-                    stats.push((fs_path(f[6]).ok_or_else(|| bad(n, "path outside /mnt", line))?, st));
+                    stats.push((
+                        fs_path(f[6]).ok_or_else(|| bad(n, "path outside /mnt", line))?,
+                        st,
+                    ));
                 } else if let Some(p) = line.strip_prefix("L|") {
-                    pending_link = Some(fs_path(p).ok_or_else(|| bad(n, "path outside /mnt", line))?);
+                    pending_link =
+                        Some(fs_path(p).ok_or_else(|| bad(n, "path outside /mnt", line))?);
                 } else if let Some(t) = line.strip_prefix("T|") {
                     let p = pending_link
                         .take()
@@ -245,17 +251,28 @@ GR-END-LISTING\r\nGR-DONE\r\n";
         let paths: Vec<&str> = t.listing.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, vec!["/", "/a", "/a/x \"y\"|z", "/l"]);
         let f = &t.listing[2];
-        assert_eq!((f.kind.as_str(), f.mode, f.uid, f.gid), ("file", 0o644, 1000, 100));
+        assert_eq!(
+            (f.kind.as_str(), f.mode, f.uid, f.gid),
+            ("file", 0o644, 1000, 100)
+        );
         assert_eq!(t.listing[3].target.as_deref(), Some("a"));
         let json = serde_json::to_string(f).unwrap();
-        assert!(json.starts_with(r#"{"part":1,"path":"/a/x \"y\"|z","type":"file","mode":420"#), "{json}");
-        assert!(json.ends_with(r#""sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}"#));
+        assert!(
+            json.starts_with(r#"{"part":1,"path":"/a/x \"y\"|z","type":"file","mode":420"#),
+            "{json}"
+        );
+        assert!(json.ends_with(
+            r#""sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}"#
+        ));
     }
 
     #[test]
     fn guest_error_is_reported() {
         let s = SAMPLE.replace("GR-DONE", "GR-ERROR workload exited with 1");
-        assert!(matches!(parse_serial(s.as_bytes()), Err(Error::Guest { .. })));
+        assert!(matches!(
+            parse_serial(s.as_bytes()),
+            Err(Error::Guest { .. })
+        ));
     }
 
     #[test]
