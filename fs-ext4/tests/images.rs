@@ -1,0 +1,266 @@
+//! Crawls real images made by e2fsprogs from generated trees and compares
+//! the model with the source tree (names, types, modes, owners, sizes,
+//! link counts, mtimes, symlink targets, contents read through the block
+//! map).
+
+mod common;
+
+use common::*;
+use gammaray_core::Owner;
+
+fn check(kind: &str, extra: &[&str], size: &str, fs_type: &str, nsec: bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    build_tree(&src);
+    let image = tmp.path().join("fs.img");
+    mkfs(kind, extra, &src, &image, size);
+    fsck_clean(&image);
+    let c = crawl(&image);
+    assert!(c.warnings.is_empty(), "warnings: {:#?}", c.warnings);
+    assert_eq!(c.model.fs_type, fs_type);
+    assert_eq!(c.model.root, 2);
+    compare(&image, &c, &src, nsec);
+    // The journal is mapped when there is one, reserved inodes are not
+    // files.
+    let has_journal = c
+        .model
+        .blocks
+        .runs()
+        .iter()
+        .any(|r| matches!(r.owner, Owner::Journal { .. }));
+    assert_eq!(
+        has_journal,
+        fs_type != "ext2" && !extra.iter().any(|e| e.contains("^has_journal"))
+    );
+    assert!(c.model.files.keys().all(|&i| i == 2 || i >= 11));
+    assert!(c
+        .model
+        .blocks
+        .runs()
+        .iter()
+        .any(|r| r.owner == Owner::Superblock));
+}
+
+#[test]
+fn ext4_default_features() {
+    check("ext4", &[], "64M", "ext4", false);
+}
+
+#[test]
+fn ext4_inline_data() {
+    check("ext4", &["-O", "inline_data"], "64M", "ext4", false);
+}
+
+#[test]
+fn ext4_1k_blocks_no_journal_32bit() {
+    check(
+        "ext4",
+        &[
+            "-b",
+            "1024",
+            "-O",
+            "^has_journal,^64bit,^metadata_csum,uninit_bg",
+        ],
+        "64M",
+        "ext4",
+        false,
+    );
+}
+
+#[test]
+fn ext4_meta_bg_sparse_super2() {
+    check(
+        "ext4",
+        &["-b", "1024", "-O", "meta_bg,^resize_inode,sparse_super2"],
+        "80M",
+        "ext4",
+        false,
+    );
+}
+
+#[test]
+fn ext4_no_flex_bg_no_extents_128_byte_inodes() {
+    check(
+        "ext4",
+        &[
+            "-I",
+            "128",
+            "-O",
+            "^flex_bg,^extent,^huge_file,^dir_nlink,^extra_isize,^metadata_csum,^64bit",
+        ],
+        "64M",
+        "ext3",
+        false,
+    );
+}
+
+#[test]
+fn ext3_indirect_blocks() {
+    check("ext3", &[], "64M", "ext3", false);
+}
+
+#[test]
+fn ext2_1k_blocks_triple_indirect() {
+    // 1 KiB blocks put data past 64 MiB behind the triple-indirect block.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    build_tree(&src);
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::File::create(src.join("triple")).unwrap();
+        f.write_all(&pattern(5, 3000)).unwrap();
+        f.seek(SeekFrom::Start(80 << 20)).unwrap();
+        f.write_all(&pattern(6, 3000)).unwrap();
+    }
+    let image = tmp.path().join("fs.img");
+    mkfs("ext2", &["-b", "1024", "-I", "128"], &src, &image, "64M");
+    fsck_clean(&image);
+    let c = crawl(&image);
+    assert!(c.warnings.is_empty(), "warnings: {:#?}", c.warnings);
+    assert_eq!(c.model.fs_type, "ext2");
+    compare(&image, &c, &src, false);
+    let ind = c
+        .model
+        .blocks
+        .runs()
+        .iter()
+        .filter(|r| matches!(r.owner, Owner::Indirect { .. }))
+        .count();
+    assert!(
+        ind >= 4,
+        "expected indirect blocks incl. triple, got {ind} runs"
+    );
+}
+
+/// Rebuilds every directory as an htree (`e2fsck -fyD`); mkfs -d alone
+/// writes linear directories.
+fn make_htrees(image: &std::path::Path) {
+    let st = std::process::Command::new("e2fsck")
+        .arg("-fyD")
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.code().is_some_and(|c| c <= 1),
+        "e2fsck -D: {st:?}"
+    );
+}
+
+fn is_htree(image: &std::path::Path, path: &str) -> bool {
+    let out = output(
+        std::process::Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("stat {path}"))
+            .arg(image),
+    );
+    let flags = out
+        .split("Flags: 0x")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap();
+    u32::from_str_radix(flags, 16).unwrap() & 0x1000 != 0
+}
+
+#[test]
+fn htree_directories() {
+    // mkfs -d inserts names one by one into a linear directory, which is
+    // quadratic: 20,000 names take about a minute, so one image has them.
+    for (kind, extra, n) in [
+        ("ext4", &[][..], 20_000),
+        ("ext3", &["-b", "1024"][..], 4000),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        big_dir(&src, n);
+        let image = tmp.path().join("fs.img");
+        mkfs(kind, extra, &src, &image, "128M");
+        make_htrees(&image);
+        fsck_clean(&image);
+        assert!(is_htree(&image, "/many"), "{kind}: /many is not an htree");
+        let c = crawl(&image);
+        assert!(c.warnings.is_empty(), "warnings: {:#?}", c.warnings);
+        let p = paths(&c.model);
+        let many = p[std::path::Path::new("/many")];
+        assert_eq!(c.model.tree.entries(many).len(), n, "{kind} {extra:?}");
+        compare(&image, &c, &src, false);
+    }
+}
+
+/// Builds an image whose file `/frag` is spread over about `holes`
+/// extents: many small files are written, every other one deleted with
+/// debugfs, then a big file is written into the holes.
+pub fn fragmented_image(dir: &std::path::Path, holes: usize) -> (std::path::PathBuf, Vec<u8>) {
+    let src = dir.join("src");
+    std::fs::create_dir_all(src.join("small")).unwrap();
+    for i in 0..holes * 2 {
+        std::fs::write(src.join(format!("small/{i}")), pattern(i as u64, 4096)).unwrap();
+    }
+    let image = dir.join("frag.img");
+    mkfs("ext4", &["-O", "^has_journal"], &src, &image, "64M");
+    let cmds = dir.join("cmds");
+    let mut script = String::new();
+    for i in (0..holes * 2).step_by(2) {
+        script.push_str(&format!("rm /small/{i}\n"));
+    }
+    let big = pattern(4242, holes * 4096);
+    let big_path = dir.join("big");
+    std::fs::write(&big_path, &big).unwrap();
+    script.push_str(&format!("write {} frag\n", big_path.display()));
+    std::fs::write(&cmds, script).unwrap();
+    run(std::process::Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&cmds)
+        .arg(&image));
+    fsck_clean(&image);
+    (image, big)
+}
+
+#[test]
+fn fragmented_file_needs_deep_extent_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (image, big) = fragmented_image(tmp.path(), 1500);
+    let c = crawl(&image);
+    assert!(c.warnings.is_empty(), "warnings: {:#?}", c.warnings);
+    let m = &c.model;
+    let id = paths(m)[std::path::Path::new("/frag")];
+    let tree_blocks = m
+        .blocks
+        .runs()
+        .iter()
+        .filter(|r| r.owner == Owner::ExtentTree { file: id })
+        .map(|r| r.len)
+        .sum::<u64>();
+    // 1500 extents need 5 leaves under an index block: depth 2.
+    assert!(tree_blocks >= 5, "only {tree_blocks} extent-tree blocks");
+    let dev = gammaray_core::FileDevice::open(&image).unwrap();
+    assert!(Reader::new(m).read(m, &dev, id) == big, "contents differ");
+}
+
+#[test]
+fn extra_time_fields_nanoseconds_and_epoch_bits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    build_tree(&src);
+    let image = tmp.path().join("fs.img");
+    mkfs("ext4", &[], &src, &image, "64M");
+    // mkfs -d keeps only seconds; set the extra words directly.
+    let extra = (123_456_789u32 << 2) | 1;
+    run(std::process::Command::new("debugfs")
+        .arg("-w")
+        .arg("-R")
+        .arg(format!("sif /sizes/f0 mtime_extra {extra}"))
+        .arg(&image));
+    let c = crawl(&image);
+    let id = paths(&c.model)[std::path::Path::new("/sizes/f0")];
+    let f = &c.model.files[&id];
+    let base = std::fs::metadata(src.join("sizes/f0")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(f.mtime.sec, base.mtime() + (1i64 << 32));
+    assert_eq!(f.mtime.nsec, 123_456_789);
+    assert!(f.crtime.sec > 0, "ext4 records crtime");
+}
