@@ -189,36 +189,6 @@ fn htree_directories() {
     }
 }
 
-/// Builds an image whose file `/frag` is spread over about `holes`
-/// extents: many small files are written, every other one deleted with
-/// debugfs, then a big file is written into the holes.
-pub fn fragmented_image(dir: &std::path::Path, holes: usize) -> (std::path::PathBuf, Vec<u8>) {
-    let src = dir.join("src");
-    std::fs::create_dir_all(src.join("small")).unwrap();
-    for i in 0..holes * 2 {
-        std::fs::write(src.join(format!("small/{i}")), pattern(i as u64, 4096)).unwrap();
-    }
-    let image = dir.join("frag.img");
-    mkfs("ext4", &["-O", "^has_journal"], &src, &image, "64M");
-    let cmds = dir.join("cmds");
-    let mut script = String::new();
-    for i in (0..holes * 2).step_by(2) {
-        script.push_str(&format!("rm /small/{i}\n"));
-    }
-    let big = pattern(4242, holes * 4096);
-    let big_path = dir.join("big");
-    std::fs::write(&big_path, &big).unwrap();
-    script.push_str(&format!("write {} frag\n", big_path.display()));
-    std::fs::write(&cmds, script).unwrap();
-    run(std::process::Command::new("debugfs")
-        .arg("-w")
-        .arg("-f")
-        .arg(&cmds)
-        .arg(&image));
-    fsck_clean(&image);
-    (image, big)
-}
-
 #[test]
 fn fragmented_file_needs_deep_extent_tree() {
     let tmp = tempfile::tempdir().unwrap();
