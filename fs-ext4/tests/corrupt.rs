@@ -243,7 +243,7 @@ fn random_byte_flips_in_metadata_never_panic() {
             for _ in 0..8 {
                 let b = meta[(next() as usize) % meta.len()];
                 let pos = b * bs + (next() as usize) % bs;
-                if pos >= 1024 && pos < 2048 && next() % 4 != 0 {
+                if (1024..2048).contains(&pos) && next() % 4 != 0 {
                     continue; // mostly keep the superblock usable
                 }
                 img[pos] = next() as u8;
