@@ -17,6 +17,8 @@ use tokio::sync::{broadcast, oneshot};
 pub const MAX_LINE: u64 = 16 << 20;
 /// Events kept for subscribers that fall behind.
 const EVENT_BACKLOG: usize = 1024;
+/// Events accepted ahead of the greeting.
+const MAX_PRE_GREETING: usize = 64;
 /// Timeout used when none is given.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -117,18 +119,27 @@ impl Qmp {
             })??;
         let (r, w) = stream.into_split();
         let mut r = BufReader::new(r);
-        let greeting = tokio::time::timeout(timeout, read_line(&mut r))
+        let greet = async {
+            // QEMU may queue events ahead of the greeting on a fresh
+            // connection; skip a bounded number of them.
+            for _ in 0..MAX_PRE_GREETING {
+                let msg = read_line(&mut r).await?.ok_or(QmpError::Closed)?;
+                if msg.get("QMP").is_some() {
+                    return Ok(());
+                }
+                if msg.get("event").is_none() {
+                    return Err(QmpError::Protocol(format!("unexpected greeting {msg}")));
+                }
+                tracing::debug!("QMP event before the greeting: {msg}");
+            }
+            Err(QmpError::Protocol("no QMP greeting".into()))
+        };
+        tokio::time::timeout(timeout, greet)
             .await
             .map_err(|_| QmpError::Timeout {
                 step: "the QMP greeting (is another client connected?)".into(),
                 timeout,
-            })??
-            .ok_or(QmpError::Closed)?;
-        if greeting.get("QMP").is_none() {
-            return Err(QmpError::Protocol(format!(
-                "unexpected greeting {greeting}"
-            )));
-        }
+            })??;
         let pending: Pending = Arc::default();
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
         let reader = tokio::spawn(Self::read_loop(r, pending.clone(), events.clone()));

@@ -36,7 +36,7 @@ pub use writer::TraceWriter;
 use gammaray_core::write::WriteFlags;
 
 /// `WRITE_LOG_MAGIC` of the kernel and QEMU.
-pub const MAGIC: u64 = 0x6a73_6677_7368_72;
+pub const MAGIC: u64 = 0x006a_7366_7773_6872;
 /// `WRITE_LOG_VERSION`: the only version there is.
 pub const VERSION: u64 = 1;
 /// Size of the super's fields on disk (magic, version, nr_entries, sectorsize).

@@ -153,7 +153,7 @@ impl TraceReader {
             log_len,
         };
         if log_len.saturating_sub(at) < ss {
-            return if in_count && !self.opts.tail.is_some() {
+            return if in_count && self.opts.tail.is_none() {
                 Err(truncated(ss))
             } else {
                 Ok(None)
