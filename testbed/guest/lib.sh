@@ -12,8 +12,8 @@ gr_op() { echo "OP $*"; }
 # for it to answer with one line.
 gr_pace() {
   [ "$GR_PACE" = 1 ] || return 0
-  echo "PAUSE $1" > /dev/ttyS1
-  read -r _gr_answer < /dev/ttyS1
+  echo "PAUSE $1" >&3
+  read -r _gr_answer <&3
   echo "GR-PACE $1 $_gr_answer"
 }
 

@@ -18,6 +18,8 @@
 //!   arguments), optionally with a QMP socket and a [`Pacer`] that holds
 //!   the guest at named points.
 //! - [`trace`] reads and applies dm-log-writes traces.
+//! - [`record_capture`] records through `gammaray capture` (served disk,
+//!   live blklogwrites, live mirror) instead.
 //!
 //! ```no_run
 //! use gammaray_testbed::{record, FsKind, RecordSpec, Workload};
@@ -35,6 +37,7 @@
 #![deny(missing_docs)]
 
 mod cache;
+mod capture;
 mod cpio;
 pub mod disk;
 mod error;
@@ -50,6 +53,7 @@ pub mod truth;
 mod workload;
 
 pub use cache::{cache_dir, CACHE_ENV};
+pub use capture::{gammaray_binary, record_capture, CapturePath, CaptureProcess, GAMMARAY_BIN_ENV};
 pub use error::{Error, Result};
 pub use initramfs::GuestImage;
 pub use kernel::Kernel;
