@@ -38,6 +38,7 @@ mod bytes;
 pub mod crawl;
 pub mod dir;
 pub mod extent;
+pub mod fuzzing;
 pub mod group_desc;
 pub mod indirect;
 pub mod inode;
