@@ -315,17 +315,24 @@ pub fn record_capture(guest: &Guest, spec: &RecordSpec, path: CapturePath) -> Re
             run.qmp = Some(qmp.clone());
             run.pace = Some(pace);
             let guest_run = guest.spawn(&run)?;
-            // Held before mounting: nothing has been written yet.
-            pacer.wait_for("boot", step)?;
-            let cap = CaptureProcess::attach(&bin, &qmp, DISK_NODE, via, &trace, &cap_err)?;
-            pacer.resume()?;
-            pacer.step("mounted", step)?;
-            // Unmounted and synced: detach before the guest powers off.
-            pacer.wait_for("done", spec.timeout)?;
-            cap.terminate();
-            cap.wait(Duration::from_secs(30))?;
-            pacer.resume()?;
-            guest_run.wait()?
+            let paced = (|| -> Result<()> {
+                // Held before mounting: nothing has been written yet.
+                pacer.wait_for("boot", step)?;
+                let cap = CaptureProcess::attach(&bin, &qmp, DISK_NODE, via, &trace, &cap_err)?;
+                pacer.resume()?;
+                pacer.step("mounted", step)?;
+                // Unmounted and synced: detach before the guest powers off.
+                pacer.wait_for("done", spec.timeout)?;
+                cap.terminate();
+                cap.wait(Duration::from_secs(30))?;
+                pacer.resume()
+            })();
+            match (paced, guest_run.wait()) {
+                (Ok(()), out) => out?,
+                // The guest's own error usually explains a pacing failure.
+                (Err(_), Err(guest_err)) => return Err(guest_err),
+                (Err(e), Ok(_)) => return Err(e),
+            }
         }
     };
     write_truth(dir, &out.truth)?;

@@ -34,7 +34,7 @@ pub struct Kernel {
     pub bzimage: PathBuf,
     /// The uncompressed kernel, when it could be extracted.
     pub vmlinux: Option<PathBuf>,
-    /// Decompressed modules, one per name in [`MODULES`].
+    /// Decompressed modules: `qemu_fw_cfg`, `virtio_blk`, `nls_utf8`, `ntfs3`.
     pub modules: Vec<PathBuf>,
 }
 

@@ -58,6 +58,61 @@ pub fn sort(entries: &mut [ListingEntry]) {
     entries.sort_by(|a, b| (a.part, a.path.as_bytes()).cmp(&(b.part, b.path.as_bytes())));
 }
 
+/// Human-readable differences between an expected listing (the guest's
+/// ground truth) and an actual one (for example gammaray's `--state`):
+/// names missing, names extra, and fields that differ, in path order. An
+/// empty result means the listings agree.
+pub fn diff(expected: &[ListingEntry], actual: &[ListingEntry]) -> Vec<String> {
+    use std::collections::BTreeMap;
+    let key = |e: &ListingEntry| (e.part, e.path.clone());
+    let exp: BTreeMap<_, _> = expected.iter().map(|e| (key(e), e)).collect();
+    let act: BTreeMap<_, _> = actual.iter().map(|e| (key(e), e)).collect();
+    let mut out = Vec::new();
+    for (k, e) in &exp {
+        let Some(a) = act.get(k) else {
+            out.push(format!("missing: part {} {}", k.0, k.1));
+            continue;
+        };
+        let mut fields = Vec::new();
+        let mut cmp = |name: &str, x: String, y: String| {
+            if x != y {
+                fields.push(format!("{name} {x} != {y}"));
+            }
+        };
+        cmp("type", e.kind.clone(), a.kind.clone());
+        cmp("mode", format!("{:o}", e.mode), format!("{:o}", a.mode));
+        cmp("uid", e.uid.to_string(), a.uid.to_string());
+        cmp("gid", e.gid.to_string(), a.gid.to_string());
+        cmp("size", e.size.to_string(), a.size.to_string());
+        cmp("nlink", e.nlink.to_string(), a.nlink.to_string());
+        cmp("mtime", e.mtime.to_string(), a.mtime.to_string());
+        cmp(
+            "target",
+            format!("{:?}", e.target),
+            format!("{:?}", a.target),
+        );
+        if a.sha256.is_some() {
+            cmp(
+                "sha256",
+                format!("{:?}", e.sha256),
+                format!("{:?}", a.sha256),
+            );
+        }
+        if !fields.is_empty() {
+            out.push(format!(
+                "differs: part {} {}: {}",
+                k.0,
+                k.1,
+                fields.join(", ")
+            ));
+        }
+    }
+    for k in act.keys().filter(|k| !exp.contains_key(*k)) {
+        out.push(format!("extra: part {} {}", k.0, k.1));
+    }
+    out
+}
+
 /// Writes a listing (sorted first) as JSON lines.
 pub fn write(path: &Path, entries: &[ListingEntry]) -> Result<()> {
     let mut sorted = entries.to_vec();
@@ -87,4 +142,46 @@ pub fn read(path: &Path) -> Result<Vec<ListingEntry>> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(path: &str, size: u64) -> ListingEntry {
+        ListingEntry {
+            part: 1,
+            path: path.into(),
+            kind: "file".into(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size,
+            nlink: 1,
+            mtime: 0,
+            target: None,
+            sha256: None,
+        }
+    }
+
+    #[test]
+    fn diff_reports_missing_extra_and_changed() {
+        let d = diff(&[e("/a", 1), e("/b", 2)], &[e("/b", 3), e("/c", 0)]);
+        assert_eq!(
+            d,
+            vec![
+                "missing: part 1 /a".to_string(),
+                "differs: part 1 /b: size 2 != 3".to_string(),
+                "extra: part 1 /c".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn sort_is_by_path_bytes() {
+        let mut v = vec![e("/b", 0), e("/a b", 0), e("/a", 0), e("/a/x", 0)];
+        sort(&mut v);
+        let p: Vec<&str> = v.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(p, vec!["/a", "/a b", "/a/x", "/b"]);
+    }
 }

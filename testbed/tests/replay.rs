@@ -178,16 +178,9 @@ fn check(w: Workload, fs: FsKind, dir: &Path) -> Result<(), String> {
             Drive::Raw(again),
         ))
         .map_err(|e| format!("second boot: {e}"))?;
-    if out.truth.listing != rec.truth.listing {
-        let diff: Vec<String> = out
-            .truth
-            .listing
-            .iter()
-            .filter(|e| !rec.truth.listing.contains(e))
-            .take(5)
-            .map(|e| format!("{e:?}"))
-            .collect();
-        return Err(format!("second boot lists differently, e.g. {diff:?}"));
+    let diff = gammaray_testbed::listing::diff(&rec.truth.listing, &out.truth.listing);
+    if !diff.is_empty() || out.truth.listing != rec.truth.listing {
+        return Err(format!("second boot lists differently: {diff:?}"));
     }
     Ok(())
 }
