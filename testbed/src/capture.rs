@@ -290,7 +290,7 @@ pub fn record_capture(guest: &Guest, spec: &RecordSpec, path: CapturePath) -> Re
         CapturePath::Serve => {
             let sock = dir.join("nbd.sock");
             let cap = CaptureProcess::serve(&bin, &final_img, &sock, &trace, &cap_err)?;
-            let mut run = RunSpec::new(dir, spec.workload.script(), spec.fs, Drive::Nbd(sock));
+            let mut run = RunSpec::new(dir, spec.script(), spec.fs, Drive::Nbd(sock));
             run.timeout = spec.timeout;
             let out = guest.run(&run)?;
             cap.wait(Duration::from_secs(30))?;
@@ -305,12 +305,7 @@ pub fn record_capture(guest: &Guest, spec: &RecordSpec, path: CapturePath) -> Re
             let qmp = dir.join("qmp.sock");
             let pace = dir.join("pace.sock");
             let mut pacer = Pacer::listen(&pace)?;
-            let mut run = RunSpec::new(
-                dir,
-                spec.workload.script(),
-                spec.fs,
-                Drive::Raw(final_img.clone()),
-            );
+            let mut run = RunSpec::new(dir, spec.script(), spec.fs, Drive::Raw(final_img.clone()));
             run.timeout = spec.timeout;
             run.qmp = Some(qmp.clone());
             run.pace = Some(pace);

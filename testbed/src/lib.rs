@@ -64,6 +64,7 @@ pub use qemu::{
     DISK_FILE_NODE, DISK_NODE,
 };
 pub use record::{record, record_with, write_truth, RecordSpec, Recording};
+pub use tools::find_tool;
 pub use truth::Truth;
 pub use workload::Workload;
 

@@ -25,6 +25,9 @@ pub struct RecordSpec {
     pub disk_mib: u64,
     /// Kill QEMU after this long.
     pub timeout: Duration,
+    /// Run this script instead of the workload's own (the workload then
+    /// only names the recording).
+    pub script: Option<String>,
 }
 
 impl RecordSpec {
@@ -36,7 +39,13 @@ impl RecordSpec {
             out: out.into(),
             disk_mib: disk::DEFAULT_DISK_MIB,
             timeout: Duration::from_secs(180),
+            script: None,
         }
+    }
+
+    /// The script the guest will run.
+    pub fn script(&self) -> &str {
+        self.script.as_deref().unwrap_or(self.workload.script())
     }
 }
 
@@ -68,6 +77,37 @@ pub struct Recording {
     pub guest_time: Duration,
 }
 
+impl Recording {
+    /// Loads a recording left in `dir` by [`record`] (or
+    /// `gammaray-testbed record`).
+    pub fn load(dir: &Path) -> Result<Recording> {
+        let truth_path = dir.join("truth.jsonl");
+        let ops_path = dir.join("ops.txt");
+        let listing = listing::read(&truth_path)?;
+        let ops = std::fs::read_to_string(&ops_path)
+            .ctx("reading", &ops_path)?
+            .lines()
+            .map(str::to_string)
+            .collect();
+        Ok(Recording {
+            dir: dir.to_path_buf(),
+            base: dir.join("base.img"),
+            final_img: dir.join("final.img"),
+            trace: dir.join("trace.log"),
+            truth_path,
+            ops_path,
+            serial: dir.join("serial.log"),
+            truth: Truth {
+                ops,
+                listing,
+                paced: Vec::new(),
+            },
+            prepare_time: Duration::ZERO,
+            guest_time: Duration::ZERO,
+        })
+    }
+}
+
 /// Records `spec.workload` on `spec.fs` into `spec.out`.
 pub fn record(spec: &RecordSpec) -> Result<Recording> {
     let guest = Guest::new()?;
@@ -92,7 +132,7 @@ pub fn record_with(guest: &Guest, spec: &RecordSpec) -> Result<Recording> {
 
     let mut run = RunSpec::new(
         dir,
-        spec.workload.script(),
+        spec.script(),
         spec.fs,
         Drive::LogWrites {
             disk: final_img.clone(),

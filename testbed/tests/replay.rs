@@ -10,8 +10,8 @@
 use std::path::Path;
 
 use gammaray_testbed::{
-    guest_available, record_with, trace, Drive, FsKind, Guest, ListingEntry, RecordSpec, RunSpec,
-    Workload,
+    guest_available, record_with, trace, Drive, FsKind, Guest, ListingEntry, RecordSpec, Recording,
+    RunSpec, Workload,
 };
 
 fn find<'a>(l: &'a [ListingEntry], path: &str) -> Option<&'a ListingEntry> {
@@ -157,14 +157,31 @@ fn check(w: Workload, fs: FsKind, dir: &Path) -> Result<(), String> {
     }
     let _ = std::fs::remove_file(&replayed);
 
+    // the final disk is consistent by the file system's own checker
+    if fs == FsKind::Ext4 {
+        let e2fsck = gammaray_testbed::find_tool("e2fsck").ok_or("e2fsck not installed")?;
+        let out = std::process::Command::new(e2fsck)
+            .args(["-f", "-n"])
+            .arg(&rec.final_img)
+            .output()
+            .map_err(|e| format!("e2fsck: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "e2fsck -fn final.img: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+
     // 2. the truth shows what the script did
     if rec.truth.ops.is_empty() {
         return Err("no OP lines".into());
     }
     check_truth(w, fs, &rec.truth.listing)?;
-    let on_disk = gammaray_testbed::listing::read(&rec.truth_path).map_err(|e| e.to_string())?;
-    if on_disk != rec.truth.listing {
-        return Err("truth.jsonl does not round-trip".into());
+    let loaded = Recording::load(&rec.dir).map_err(|e| e.to_string())?;
+    if loaded.truth.listing != rec.truth.listing || loaded.truth.ops != rec.truth.ops {
+        return Err("truth.jsonl or ops.txt does not round-trip".into());
     }
 
     // 3. a second boot on (a copy of) the final disk lists the same
