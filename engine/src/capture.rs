@@ -151,15 +151,29 @@ fn spawn_writer(
         })?)
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-async fn signalled() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+/// SIGTERM and SIGINT, caught from the moment this is made (so that a
+/// signal during attach is handled after it, not by dying half-attached).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves when SIGTERM or SIGINT arrives.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }
 
 async fn serve(disk: &Path, socket: &Path, tx: mpsc::Sender<DiskWrite>) -> anyhow::Result<()> {
@@ -185,11 +199,11 @@ async fn serve(disk: &Path, socket: &Path, tx: mpsc::Sender<DiskWrite>) -> anyho
         socket.display()
     );
     let (sd_tx, sd_rx) = watch::channel(false);
+    let mut signals = Signals::new()?;
     let signal = tokio::spawn(async move {
-        if let Ok(sig) = signalled().await {
-            tracing::info!("{sig}: stopping");
-            let _ = sd_tx.send(true);
-        }
+        let sig = signals.recv().await;
+        tracing::info!("{sig}: stopping");
+        let _ = sd_tx.send(true);
     });
     let served = server
         .serve(listener, ServeUntil::LastClientGone, sd_rx)
@@ -206,6 +220,7 @@ async fn attach_and_record(
     via: AttachVia,
     tx: mpsc::Sender<DiskWrite>,
 ) -> anyhow::Result<()> {
+    let mut signals = Signals::new()?;
     let via = match via {
         AttachVia::Mirror => Via::Mirror,
         AttachVia::Blklogwrites => Via::Blklogwrites,
@@ -244,7 +259,7 @@ async fn attach_and_record(
     let job = attachment.job.clone();
     // Record until a signal, the VM's end, or the tap failing.
     let why = tokio::select! {
-        sig = signalled() => sig.map(|s| s.to_string())?,
+        sig = signals.recv() => sig.to_string(),
         ev = async {
             loop {
                 match events.recv().await {

@@ -24,6 +24,9 @@ pub const MAX_OPTION_LEN: u32 = 16 << 10;
 pub const MAX_OPTIONS: u32 = 256;
 /// Most connections served at once; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 16;
+/// Time a client has to finish the handshake, so that idle connections
+/// cannot hold the [`MAX_CONNECTIONS`] slots.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Preferred block size advertised.
 const PREFERRED_BLOCK: u32 = 4096;
 /// Minimum block size advertised (the exports handle smaller requests, but
@@ -197,11 +200,19 @@ impl NbdServer {
             w: BufWriter::with_capacity(256 << 10, w),
             server: self,
         };
-        let res = conn.handshake().await;
+        let res = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.handshake()).await;
         match res {
-            Ok(true) => {}
-            Ok(false) => return (false, Ok(ConnEnd::Aborted)),
-            Err(e) => return (false, Err(e)),
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => return (false, Ok(ConnEnd::Aborted)),
+            Ok(Err(e)) => return (false, Err(e)),
+            Err(_) => {
+                return (
+                    false,
+                    Err(proto(format!(
+                        "handshake not finished within {HANDSHAKE_TIMEOUT:?}"
+                    ))),
+                )
+            }
         }
         let res = conn.transmission(shutdown).await;
         let _ = conn.w.shutdown().await;
