@@ -6,7 +6,20 @@
 
 R=/mnt
 
-gr_op() { echo "OP $*"; }
+# gr_op VERB ARGS...: print one OP line. Arguments holding a space, a
+# double quote or a backslash are printed in double quotes with `"` and `\`
+# escaped by a backslash, so the host can split the line unambiguously.
+gr_op() {
+  _l="OP $1"
+  shift
+  for _a in "$@"; do
+    case "$_a" in
+      *' '* | *'"'* | *'\'*) _l="$_l \"$(printf '%s' "$_a" | sed 's/[\\"]/\\&/g')\"" ;;
+      *) _l="$_l $_a" ;;
+    esac
+  done
+  printf '%s\n' "$_l"
+}
 
 # gr_pace NAME: when pacing is on, tell the host we reached NAME and wait
 # for it to answer with one line.

@@ -220,6 +220,45 @@ pub fn parse_serial(bytes: &[u8]) -> Result<Truth> {
     Ok(truth)
 }
 
+/// Splits an `OP` line into its verb and arguments, undoing the guest's
+/// quoting (arguments with a space, `"` or `\` are double-quoted with `"`
+/// and `\` escaped by a backslash). `None` if the line is not an `OP`
+/// line or its quoting is broken.
+pub fn split_op(line: &str) -> Option<(String, Vec<String>)> {
+    let rest = line.strip_prefix("OP ")?;
+    let mut words = Vec::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        while chars.peek() == Some(&' ') {
+            chars.next();
+        }
+        let Some(&c) = chars.peek() else { break };
+        let mut w = String::new();
+        if c == '"' {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' => break,
+                    '\\' => w.push(chars.next()?),
+                    x => w.push(x),
+                }
+            }
+        } else {
+            while let Some(&x) = chars.peek() {
+                if x == ' ' {
+                    break;
+                }
+                w.push(x);
+                chars.next();
+            }
+        }
+        words.push(w);
+    }
+    let mut it = words.into_iter();
+    let verb = it.next()?;
+    Some((verb, it.collect()))
+}
+
 /// `/mnt` → `/`, `/mnt/a` → `/a`; anything else is not ours.
 fn fs_path(p: &str) -> Option<String> {
     if p == MOUNT_POINT {
@@ -264,6 +303,20 @@ GR-END-LISTING\r\nGR-DONE\r\n";
         assert!(json.ends_with(
             r#""sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}"#
         ));
+    }
+
+    #[test]
+    fn op_lines_split_with_quotes() {
+        assert_eq!(
+            split_op(r#"OP write "/a \"b\"\\c" 7"#),
+            Some(("write".into(), vec![r#"/a "b"\c"#.into(), "7".into()]))
+        );
+        assert_eq!(
+            split_op("OP move /x /y"),
+            Some(("move".into(), vec!["/x".into(), "/y".into()]))
+        );
+        assert_eq!(split_op(r#"OP write "/unterminated"#), None);
+        assert_eq!(split_op("not an op"), None);
     }
 
     #[test]

@@ -178,6 +178,23 @@ fn check(w: Workload, fs: FsKind, dir: &Path) -> Result<(), String> {
     if rec.truth.ops.is_empty() {
         return Err("no OP lines".into());
     }
+    for op in &rec.truth.ops {
+        gammaray_testbed::truth::split_op(op).ok_or_else(|| format!("bad OP line {op:?}"))?;
+    }
+    if w == Workload::Tree {
+        let want = (
+            "write".to_string(),
+            vec!["/proj/name with spaces.txt".to_string(), "7".to_string()],
+        );
+        if !rec
+            .truth
+            .ops
+            .iter()
+            .any(|o| gammaray_testbed::truth::split_op(o).as_ref() == Some(&want))
+        {
+            return Err("no OP line for the name with spaces".into());
+        }
+    }
     check_truth(w, fs, &rec.truth.listing)?;
     let loaded = Recording::load(&rec.dir).map_err(|e| e.to_string())?;
     if loaded.truth.listing != rec.truth.listing || loaded.truth.ops != rec.truth.ops {
