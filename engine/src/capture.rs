@@ -242,7 +242,14 @@ async fn attach_and_record(
     let srv = server.clone();
     let serving =
         tokio::spawn(async move { srv.serve(listener, ServeUntil::Shutdown, sd_rx).await });
-    let tag = format!("gammaray{}", std::process::id());
+    let tag = attach::tag_for_pid(std::process::id());
+    // Clear what a gammaray that died while attached left (its mirror job
+    // and NBD node); a pid that no longer exists marks them.
+    match attach::cleanup_stale(&mut qmp, |pid| Path::new(&format!("/proc/{pid}")).exists()).await {
+        Ok(removed) if !removed.is_empty() => tracing::warn!("removed stale {removed:?}"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cleaning up stale attachments: {e}"),
+    }
     let mut events = qmp.subscribe();
     let attachment = match attach::attach(&mut qmp, info, via, &socket, &tag, LOG_SECTOR).await {
         Ok(a) => a,

@@ -426,3 +426,77 @@ impl Attachment {
         Ok(())
     }
 }
+
+/// Prefix of the node and job names gammaray creates (`gammaray<pid>-…`).
+pub const TAG_PREFIX: &str = "gammaray";
+
+/// The tag for a gammaray process: `gammaray<pid>`.
+pub fn tag_for_pid(pid: u32) -> String {
+    format!("{TAG_PREFIX}{pid}")
+}
+
+/// The pid in a name made from [`tag_for_pid`] with `suffix`.
+fn stale_pid(name: &str, suffix: &str) -> Option<u32> {
+    name.strip_prefix(TAG_PREFIX)?
+        .strip_suffix(suffix)?
+        .parse()
+        .ok()
+}
+
+/// Removes what a gammaray that died while attached left behind: its
+/// concluded (or still running) mirror job and its NBD client node, for
+/// every tag whose pid `is_alive` says is gone. A `blklogwrites` filter
+/// left by a dead gammaray cannot be removed this way (QEMU flushes through
+/// the dead log device when reopening the drive, and fails); such nodes are
+/// reported and left alone. Returns the names removed.
+pub async fn cleanup_stale(
+    qmp: &mut Qmp,
+    is_alive: impl Fn(u32) -> bool,
+) -> Result<Vec<String>, AttachError> {
+    let mut removed = Vec::new();
+    let jobs = qmp.execute("query-jobs", Value::Null).await?;
+    let ids: Vec<String> = jobs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|j| j.get("id").and_then(Value::as_str).map(str::to_string))
+        .collect();
+    for id in ids {
+        if stale_pid(&id, "-job").is_some_and(|pid| !is_alive(pid)) {
+            finish_job(qmp, &id).await?;
+            removed.push(id);
+        }
+    }
+    let nodes = qmp
+        .execute("query-named-block-nodes", json!({"flat": true}))
+        .await?;
+    let names: Vec<String> = nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| {
+            n.get("node-name")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .collect();
+    for name in names {
+        if let Some(pid) = stale_pid(&name, "-lw") {
+            if !is_alive(pid) {
+                tracing::warn!(
+                    "stale blklogwrites node {name} of dead gammaray {pid} left in place"
+                );
+            }
+        }
+        if stale_pid(&name, "-nbd").is_some_and(|pid| !is_alive(pid)) {
+            match qmp
+                .execute("blockdev-del", json!({"node-name": name}))
+                .await
+            {
+                Ok(_) => removed.push(name),
+                Err(e) => tracing::warn!("stale node {name} not removed: {e}"),
+            }
+        }
+    }
+    Ok(removed)
+}

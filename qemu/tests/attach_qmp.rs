@@ -253,13 +253,16 @@ async fn tap_dies(via: Via) -> (String, Vec<u8>, Value, Result<(), String>) {
         .await
         .unwrap();
     hmp_io(&mut qmp, "write -P 0x40 16k 4k").await;
+    let orig = graph(&mut qmp).await;
     let info = attach::inspect_drive(&mut qmp, "disk0").await.unwrap();
     let size = info.size;
     let t = tap(vm.dir.path(), |tx| match via {
         Via::Mirror => Export::Sink(SinkExport::new(size, tx)),
         Via::Blklogwrites => Export::Log(LogExport::new(512, tx).unwrap()),
     });
-    let a = attach::attach(&mut qmp, info, via, &t.socket, "grdie", 512)
+    // A tag as `gammaray capture` makes it, with a pid that cannot exist.
+    let tag = attach::tag_for_pid(u32::MAX);
+    let a = attach::attach(&mut qmp, info, via, &t.socket, &tag, 512)
         .await
         .unwrap();
     hmp_io(&mut qmp, "write -P 0x41 0 4k").await;
@@ -278,7 +281,21 @@ async fn tap_dies(via: Via) -> (String, Vec<u8>, Value, Result<(), String>) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let detached = a.detach(&mut qmp).await.map_err(|e| e.to_string());
+    let detached = match via {
+        // A later gammaray, which no longer has the Attachment, cleans up.
+        Via::Mirror => {
+            drop(a);
+            let before = graph(&mut qmp).await;
+            let removed = attach::cleanup_stale(&mut qmp, |pid| pid != u32::MAX)
+                .await
+                .unwrap();
+            assert_eq!(removed.len(), 2, "{removed:?}");
+            assert_ne!(orig, before);
+            assert_eq!(graph(&mut qmp).await, orig, "cleanup restores the graph");
+            Ok(())
+        }
+        Via::Blklogwrites => a.detach(&mut qmp).await.map_err(|e| e.to_string()),
+    };
     let img = vm.image();
     let err = vm.stderr();
     eprintln!("{via:?} after the tap died: stderr {err:?}; jobs {jobs}; detach {detached:?}");
