@@ -91,7 +91,7 @@ struct DirRun {
 /// What one pass produces; passes on two threads are merged.
 #[derive(Debug, Default)]
 struct Out {
-    files: Vec<FileRecord>,
+    files: Vec<(u64, FileRecord)>,
     runs: Vec<(u64, u64, Owner)>,
     inline: Vec<(u64, Vec<u8>)>,
     entries: Vec<(u64, Box<[u8]>, u64)>,
@@ -114,20 +114,30 @@ impl Out {
         }
     }
 
-    fn append(&mut self, mut o: Out) {
-        self.files.append(&mut o.files);
-        self.runs.append(&mut o.runs);
-        self.inline.append(&mut o.inline);
-        self.entries.append(&mut o.entries);
-        self.ext.append(&mut o.ext);
-        self.ind.append(&mut o.ind);
-        self.dirs.append(&mut o.dirs);
-        self.symlinks.append(&mut o.symlinks);
-        self.xattr_blocks.append(&mut o.xattr_blocks);
+    fn append(&mut self, o: Out) {
+        merge(&mut self.files, o.files);
+        merge(&mut self.runs, o.runs);
+        merge(&mut self.inline, o.inline);
+        merge(&mut self.entries, o.entries);
+        merge(&mut self.ext, o.ext);
+        merge(&mut self.ind, o.ind);
+        merge(&mut self.dirs, o.dirs);
+        merge(&mut self.symlinks, o.symlinks);
+        merge(&mut self.xattr_blocks, o.xattr_blocks);
         self.dropped_warnings += o.dropped_warnings;
         for w in o.warnings {
             self.warn(w);
         }
+    }
+}
+
+/// Appends `b` to `a`, moving instead of copying when `a` is empty (the
+/// vectors of a large crawl hold hundreds of megabytes).
+fn merge<T>(a: &mut Vec<T>, mut b: Vec<T>) {
+    if a.is_empty() {
+        *a = b;
+    } else {
+        a.append(&mut b);
     }
 }
 
@@ -243,23 +253,38 @@ pub fn crawl(dev: &dyn BlockDevice, progress: &dyn Progress) -> Result<Crawl> {
 
     ctx.walk_extent_trees(&mut out);
     ctx.walk_indirect_blocks(&mut out);
-    let mut tree = Tree::new();
-    for (dir, name, child) in std::mem::take(&mut out.entries) {
-        tree.add(dir, &name, child);
-    }
-    ctx.read_directories(&mut out, &mut tree);
-    let mut files: BTreeMap<u64, FileRecord> = std::mem::take(&mut out.files)
-        .into_iter()
-        .map(|f| (f.id, f))
-        .collect();
-    ctx.read_slow_symlinks(&mut out, &mut files);
     ctx.map_xattr_blocks(&mut out);
 
-    let mut blocks = BlockMap::new();
-    for (start, len, owner) in std::mem::take(&mut out.runs) {
-        blocks.push(start, len, owner);
-    }
-    for c in blocks.finish() {
+    // The file map and the block map are built on a second thread while
+    // this one reads the directories.
+    let files = std::mem::take(&mut out.files);
+    let runs = std::mem::take(&mut out.runs);
+    let (tree, built) = std::thread::scope(|s| {
+        let h = s.spawn(move || {
+            let files: BTreeMap<u64, FileRecord> = files.into_iter().collect();
+            let mut blocks = BlockMap::new();
+            for (start, len, owner) in runs {
+                blocks.push(start, len, owner);
+            }
+            let conflicts = blocks.finish();
+            (files, blocks, conflicts)
+        });
+        let mut tree = Tree::new();
+        for (dir, name, child) in std::mem::take(&mut out.entries) {
+            tree.add(dir, &name, child);
+        }
+        ctx.read_directories(&mut out, &mut tree);
+        (tree, h.join())
+    });
+    let Ok((mut files, blocks, conflicts)) = built else {
+        return Err(Error::corrupt(
+            "ext4 file system",
+            0,
+            "worker thread building the maps failed",
+        ));
+    };
+    ctx.read_slow_symlinks(&mut out, &mut files);
+    for c in conflicts {
         out.warn(Error::corrupt(
             "ext4 block map",
             c.dropped.start.saturating_mul(bs),
@@ -489,7 +514,7 @@ impl Ctx<'_> {
             FileType::Symlink => Kind::Symlink,
             _ => {
                 // Devices, FIFOs, sockets: i_block holds no blocks.
-                out.files.push(rec_out);
+                out.files.push((ino, rec_out));
                 self.note_xattr_block(out, &inode, ino);
                 return;
             }
@@ -516,7 +541,7 @@ impl Ctx<'_> {
             self.map_blocks(out, &inode, owned, off);
         }
         self.note_xattr_block(out, &inode, ino);
-        out.files.push(rec_out);
+        out.files.push((ino, rec_out));
     }
 
     fn note_xattr_block(&self, out: &mut Out, inode: &Inode, ino: u64) {

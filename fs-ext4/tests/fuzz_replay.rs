@@ -53,7 +53,12 @@ fn seed_image_crawls_clean() {
 /// Replays one saved crash input for `target`.
 #[allow(dead_code)]
 fn regression(target: &str, name: &str) {
-    let data = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz_regressions").join(name)).unwrap();
+    let data = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fuzz_regressions")
+            .join(name),
+    )
+    .unwrap();
     match target {
         "ext4_parsers" => fuzzing::parsers(&data),
         _ => fuzzing::crawl(&seed(), &data),
