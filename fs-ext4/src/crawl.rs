@@ -40,6 +40,10 @@ pub const READ_CHUNK_BYTES: usize = 2 << 20;
 /// Warnings kept per crawl; a hostile image could otherwise produce one per
 /// block. The rest are counted in one last warning.
 pub const MAX_WARNINGS: usize = 10_000;
+/// Largest group descriptor table read: 4 Mi groups of 64-byte
+/// descriptors, i.e. 512 TiB with 4 KiB blocks (32 TiB with 1 KiB). A
+/// larger claim is refused rather than allocated.
+pub const MAX_GDT_BYTES: u64 = 256 << 20;
 /// Below this many inodes a second thread costs more than it saves.
 const PARALLEL_MIN_INODES: u64 = 32_768;
 /// Indirect-block levels: single, double, triple.
@@ -337,13 +341,13 @@ impl Ctx<'_> {
         let table_bytes = l
             .gdt_blocks
             .checked_mul(l.block_size)
-            .filter(|&n| n <= self.dev.size())
+            .filter(|&n| n <= self.dev.size() && n <= MAX_GDT_BYTES)
             .ok_or_else(|| {
                 Error::corrupt(
                     "ext4 superblock",
                     SUPERBLOCK_OFFSET,
                     format!(
-                        "{} groups need {} descriptor blocks, more than the device holds",
+                        "{} groups need {} descriptor blocks, more than the device holds or {MAX_GDT_BYTES} bytes",
                         l.groups, l.gdt_blocks
                     ),
                 )

@@ -211,7 +211,9 @@ impl Superblock {
         }
         let bs = self.block_size();
         let bits_per_block = bs.saturating_mul(8);
-        if self.s_first_data_block > 1 || (bs == 1024) != (self.s_first_data_block == 1) {
+        // 1 KiB blocks start at block 1 (block 0 is the boot block), except
+        // with bigalloc; larger blocks hold the superblock in block 0.
+        if self.s_first_data_block > 1 || (bs > 1024 && self.s_first_data_block != 0) {
             return Err(format!(
                 "s_first_data_block {} with {bs}-byte blocks",
                 self.s_first_data_block

@@ -234,3 +234,103 @@ fn extra_time_fields_nanoseconds_and_epoch_bits() {
     assert_eq!(f.mtime.nsec, 123_456_789);
     assert!(f.crtime.sec > 0, "ext4 records crtime");
 }
+
+#[test]
+#[ignore = "builds a 4 TiB sparse image: about 90 s and 800 MB of disk; run with --ignored"]
+fn bit64_blocks_past_2_pow_32() {
+    // With 1 KiB blocks, 4 TiB + 4 GiB puts half a million groups, their
+    // descriptors' *_hi fields and their bitmaps past block 2^32. The
+    // file /f is then moved to block 2^32 + 4000 by rewriting its extent
+    // (ee_start_hi = 1) and copying its bytes there.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let data = pattern(64, 5000);
+    std::fs::write(src.join("f"), &data).unwrap();
+    let image = tmp.path().join("hi.img");
+    run(std::process::Command::new("truncate")
+        .args(["-s", "4100G"])
+        .arg(&image));
+    run(std::process::Command::new("mkfs.ext4")
+        .args([
+            "-F",
+            "-q",
+            "-b",
+            "1024",
+            "-O",
+            "64bit,^resize_inode,^has_journal",
+            "-N",
+            "4096",
+        ])
+        .args(["-E", "lazy_itable_init=1,nodiscard", "-d"])
+        .arg(&src)
+        .arg(&image));
+    let high: u64 = (1 << 32) + 4000;
+    for (word, value) in [(4, 5u64 | (1 << 16)), (5, high & 0xffff_ffff)] {
+        run(std::process::Command::new("debugfs")
+            .arg("-w")
+            .arg("-R")
+            .arg(format!("sif /f block[{word}] {value}"))
+            .arg(&image));
+    }
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .unwrap();
+        f.write_all_at(&data, high * 1024).unwrap();
+    }
+    let c = crawl(&image);
+    assert!(c.warnings.is_empty(), "{:#?}", c.warnings);
+    let m = &c.model;
+    let id = paths(m)[std::path::Path::new("/f")];
+    assert_eq!(
+        m.blocks.owner(high),
+        Some(Owner::FileData {
+            file: id,
+            logical: 0
+        })
+    );
+    // Metadata of the last groups lies past 2^32 too.
+    assert!(m
+        .blocks
+        .runs()
+        .iter()
+        .any(|r| r.start > 1 << 32 && matches!(r.owner, Owner::InodeTable { .. })));
+    let dev = gammaray_core::FileDevice::open(&image).unwrap();
+    assert!(Reader::new(m).read(m, &dev, id) == data);
+}
+
+#[test]
+fn progress_counts_every_inode_read() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    #[derive(Default)]
+    struct Count(AtomicU64, AtomicU64);
+    impl gammaray_core::Progress for Count {
+        fn set_total(&self, t: u64) {
+            self.0.store(t, Ordering::Relaxed);
+        }
+        fn inc(&self, n: u64) {
+            self.1.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    build_tree(&src);
+    let image = tmp.path().join("fs.img");
+    mkfs("ext4", &[], &src, &image, "64M");
+    let dev = gammaray_core::FileDevice::open(&image).unwrap();
+    let p = Count::default();
+    use gammaray_core::FileSystem;
+    let c = gammaray_ext4::Ext4.crawl(&dev, &p).unwrap();
+    let total = p.0.load(Ordering::Relaxed);
+    assert_eq!(total, p.1.load(Ordering::Relaxed));
+    // Only the used part of the inode table is read (uninit_bg /
+    // metadata_csum itable_unused), not all 16384 inodes.
+    assert!(
+        total >= c.model.files.len() as u64 && total < 1000,
+        "{total}"
+    );
+}
