@@ -334,3 +334,64 @@ fn progress_counts_every_inode_read() {
         "{total}"
     );
 }
+
+#[test]
+fn unwritten_extents_from_debugfs_fallocate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    build_tree(&src);
+    let image = tmp.path().join("fs.img");
+    mkfs("ext4", &[], &src, &image, "64M");
+    // Logical blocks 1..=9 of a one-block file become unwritten.
+    run(std::process::Command::new("debugfs")
+        .arg("-w")
+        .arg("-R")
+        .arg("fallocate /sizes/f1 0 9")
+        .arg(&image));
+    fsck_clean(&image);
+    let c = crawl(&image);
+    assert!(c.warnings.is_empty(), "{:#?}", c.warnings);
+    let id = paths(&c.model)[std::path::Path::new("/sizes/f1")];
+    let unwritten: u64 = c
+        .model
+        .blocks
+        .runs()
+        .iter()
+        .filter_map(|r| match r.owner {
+            Owner::Unwritten { file, logical } if file == id => {
+                assert!(logical >= 1);
+                Some(r.len)
+            }
+            _ => None,
+        })
+        .sum();
+    assert_eq!(unwritten, 9);
+    // The written block is still data, and the contents still match.
+    compare(&image, &c, &src, false);
+}
+
+#[test]
+fn partition_window_from_mkfs_offset() {
+    // mkfs -E offset= writes the file system 1 MiB into the image, as in
+    // a partitioned disk; the crawl runs on a SliceDevice window.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    build_tree(&src);
+    let image = tmp.path().join("disk.img");
+    run(std::process::Command::new("truncate").args(["-s", "65M"]).arg(&image));
+    mkfs("ext4", &["-E", "offset=1048576"], &src, &image, "64M");
+    let disk = gammaray_core::FileDevice::open(&image).unwrap();
+    use gammaray_core::{BlockDevice, FileSystem};
+    assert!(!gammaray_ext4::Ext4.probe(&disk));
+    let part = gammaray_core::SliceDevice::new(&disk, 1 << 20, disk.size() - (1 << 20)).unwrap();
+    let c = gammaray_ext4::Ext4
+        .crawl(&part, &gammaray_core::NoProgress)
+        .unwrap();
+    assert!(c.warnings.is_empty(), "{:#?}", c.warnings);
+    let p = paths(&c.model);
+    let id = p[std::path::Path::new("/sizes/f4097")];
+    let m = &c.model;
+    assert!(Reader::new(m).read(m, &part, id) == std::fs::read(src.join("sizes/f4097")).unwrap());
+}
