@@ -34,6 +34,17 @@ fn check(kind: &str, extra: &[&str], size: &str, fs_type: &str, nsec: bool) {
         fs_type != "ext2" && !extra.iter().any(|e| e.contains("^has_journal"))
     );
     assert!(c.model.files.keys().all(|&i| i == 2 || i >= 11));
+    let f100 = paths(&c.model)[std::path::Path::new("/sizes/f100")];
+    assert_eq!(
+        c.model
+            .blocks
+            .runs()
+            .iter()
+            .filter(|r| r.owner == Owner::Xattr { file: f100 })
+            .count(),
+        1,
+        "xattr block of /sizes/f100"
+    );
     assert!(c
         .model
         .blocks
@@ -380,7 +391,9 @@ fn partition_window_from_mkfs_offset() {
     std::fs::create_dir(&src).unwrap();
     build_tree(&src);
     let image = tmp.path().join("disk.img");
-    run(std::process::Command::new("truncate").args(["-s", "65M"]).arg(&image));
+    run(std::process::Command::new("truncate")
+        .args(["-s", "65M"])
+        .arg(&image));
     mkfs("ext4", &["-E", "offset=1048576"], &src, &image, "64M");
     let disk = gammaray_core::FileDevice::open(&image).unwrap();
     use gammaray_core::{BlockDevice, FileSystem};

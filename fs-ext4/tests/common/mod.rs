@@ -112,6 +112,11 @@ pub fn build_tree(root: &Path) {
     chown("sizes/f100", 1000, 2000);
     chown("sizes/f61", 70_000, 80_000);
     chown("short-link", 1234, 5678);
+    // An xattr too big for the inode body: mkfs puts it in an xattr block.
+    run(Command::new("python3").arg("-c").arg(format!(
+        "import os; os.setxattr({:?}, 'user.big', b'v' * 600)",
+        root.join("sizes/f100").display().to_string()
+    )));
     // Fixed mtimes, one with nanoseconds and one before 1970.
     let touch = |p: &str, t: &str| {
         run(Command::new("touch")
