@@ -467,36 +467,28 @@ fn choose_accel(g: &Guest) -> Accel {
 }
 
 fn probe_kvm(g: &Guest) -> Result<bool> {
+    // A whole small run (mount, write, sync, listing, power-off), not just
+    // a boot: nested KVM has been seen to boot and then fail on
+    // instructions such as xrstor or cmpxchg16b.
     let dir = std::env::temp_dir().join(format!("gammaray-kvm-probe-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).ctx("creating", &dir)?;
-    let disk = dir.join("empty.img");
-    std::fs::File::create(&disk)
-        .and_then(|f| f.set_len(1 << 20))
-        .ctx("creating", &disk)?;
-    let mut spec = RunSpec::new(&dir, "true", FsKind::Ext4, Drive::Raw(disk));
-    spec.timeout = Duration::from_secs(15);
-    let mut run = g.spawn_with(&spec, Accel::Kvm)?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut ok = false;
-    while Instant::now() < deadline {
-        let serial = std::fs::read(spec.serial_log()).unwrap_or_default();
-        if serial.windows(7).any(|w| w == b"GR-BOOT") {
-            ok = true;
-            break;
-        }
-        let err = std::fs::read_to_string(dir.join("qemu.log")).unwrap_or_default();
-        if err.contains("internal error") || err.contains("failed") {
-            break;
-        }
-        if let Some(c) = run.child.as_mut() {
-            if c.try_wait().ok().flatten().is_some() {
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let disk = dir.join("probe.img");
+    crate::disk::make_base_image(FsKind::Ext4, &disk, 16)?;
+    let mut spec = RunSpec::new(
+        &dir,
+        "op_write /probe kvm\n",
+        FsKind::Ext4,
+        Drive::Raw(disk),
+    );
+    spec.timeout = Duration::from_secs(30);
+    let ok = g
+        .spawn_with(&spec, Accel::Kvm)
+        .and_then(RunningGuest::wait)
+        .map(|out| out.truth.listing.iter().any(|e| e.path == "/probe"));
+    if let Err(e) = &ok {
+        tracing::debug!(error = %e, "KVM probe failed");
     }
-    run.kill();
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(ok)
+    Ok(ok.unwrap_or(false))
 }
