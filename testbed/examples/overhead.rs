@@ -5,7 +5,7 @@
 //!
 //! The workload (busybox ash, in the guest): `dd ... conv=fsync` of
 //! `--big-files` files of `--big-mib` MiB each (non-zero data from a tmpfs
-//! source), then `--small` files of 2-6 KiB in directories of 500 with a
+//! source), then `--small` files of about 3 KiB in directories of 500 with a
 //! `sync` every `--sync-every` files, then a final `sync`. It is timed in
 //! the guest (`/proc/uptime`, 10 ms resolution, printed on the serial
 //! console) and on the host (between the guest's `bench-start` and
@@ -26,6 +26,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use gammaray_testbed::{
     disk, gammaray_binary, CaptureProcess, Drive, FsKind, Guest, Pacer, RunSpec, DISK_NODE,
+    GAMMARAY_BIN_ENV,
 };
 
 #[derive(Parser)]
@@ -38,7 +39,11 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Configurations: plain, serve, blklogwrites, mirror.
-    #[arg(long, value_delimiter = ',', default_value = "plain,serve,blklogwrites,mirror")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "plain,serve,blklogwrites,mirror"
+    )]
     configs: Vec<String>,
     /// Number of large files written with `dd conv=fsync`.
     #[arg(long, default_value_t = 4)]
@@ -126,7 +131,7 @@ dd if=/dev/urandom of=/tmp/chunk bs=1M count=1 2>/dev/null
 : > /tmp/src
 j=0
 while [ $j -lt {big_mib} ]; do cat /tmp/chunk >> /tmp/src; j=$((j + 1)); done
-S=$(head -c 6144 /tmp/chunk | od -A n -t x1 | tr -d ' \n' | head -c 6144)
+S=$(head -c 1536 /tmp/chunk | od -A n -t x1 | tr -d ' \n')
 sync
 gr_pace bench-start
 T0=$(up)
@@ -140,7 +145,7 @@ i=0
 while [ $i -lt {small} ]; do
   d=s$((i / 500))
   [ -d $d ] || mkdir $d
-  printf '%s\n' "${{S:0:$((2048 + (i % 5) * 1024))}}" > $d/f$i
+  printf '%s %d\n' "$S" $i > $d/f$i
   i=$((i + 1))
   [ $((i % {sync_every})) -ne 0 ] || sync
 done
@@ -165,8 +170,8 @@ poweroff -f
 
 /// Seconds between the first and last uptime printed in `GR-BENCH`.
 fn guest_seconds(serial: &Path) -> anyhow::Result<(f64, f64, f64)> {
-    let text = std::fs::read_to_string(serial)
-        .with_context(|| format!("reading {}", serial.display()))?;
+    let text =
+        std::fs::read_to_string(serial).with_context(|| format!("reading {}", serial.display()))?;
     let line = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("GR-BENCH "))
@@ -330,6 +335,9 @@ fn main() -> anyhow::Result<()> {
         .map(|s| Config::parse(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
     std::fs::create_dir_all(&a.out)?;
+    if std::env::var_os(GAMMARAY_BIN_ENV).is_none_or(|v| v.is_empty()) {
+        bail!("set {GAMMARAY_BIN_ENV} to a release build of gammaray (bench/capture-overhead.sh does)");
+    }
     let bin = gammaray_binary()?;
     let guest = Guest::new()?;
     println!(

@@ -84,9 +84,10 @@ op_sync() { sync; gr_op sync; }
 #   S|<raw mode hex>|<uid>|<gid>|<size>|<nlink>|<mtime>|<path>
 #   L|<path>   followed by   T|<symlink target>
 #   H|<sha256>  <path>
+# With an argument LABEL the listing is a snapshot (see gr_snapshot).
 gr_listing() {
   echo 1 > /proc/sys/kernel/printk
-  echo GR-BEGIN-LISTING
+  echo "GR-BEGIN-LISTING${1:+ $1}"
   find "$R" -xdev -exec stat -c 'S|%f|%u|%g|%s|%h|%Y|%n' {} +
   find "$R" -xdev -type l | while IFS= read -r _p; do
     echo "L|$_p"
@@ -95,4 +96,12 @@ gr_listing() {
   find "$R" -xdev -type f -exec sha256sum {} + | sed 's/^/H|/'
   echo GR-END-LISTING
   echo 4 > /proc/sys/kernel/printk
+}
+
+# gr_snapshot LABEL: sync, then print a labelled listing of the whole file
+# system in the middle of a workload, and an `OP snapshot LABEL` line.
+gr_snapshot() {
+  sync
+  gr_listing "$1"
+  gr_op snapshot "$1"
 }

@@ -65,7 +65,7 @@ pub use qemu::{
 };
 pub use record::{record, record_with, write_truth, RecordSpec, Recording};
 pub use tools::find_tool;
-pub use truth::Truth;
+pub use truth::{Snapshot, Truth};
 pub use workload::Workload;
 
 /// Set to a non-empty value to make guest tests fail, not skip, when QEMU

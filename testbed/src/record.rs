@@ -9,7 +9,7 @@ use crate::disk;
 use crate::error::{IoContext, Result};
 use crate::listing;
 use crate::qemu::{Drive, FsKind, Guest, RunSpec};
-use crate::truth::Truth;
+use crate::truth::{Snapshot, Truth};
 use crate::workload::Workload;
 
 /// What to record.
@@ -52,7 +52,8 @@ impl RecordSpec {
 /// A finished recording. Files, all in [`Recording::dir`]:
 /// `base.img` (the disk before), `final.img` (after), `trace.log`
 /// (dm-log-writes, 512-byte log sectors), `truth.jsonl` (the guest's state
-/// listing), `ops.txt` (one `OP ...` line per operation), `serial.log`.
+/// listing), `ops.txt` (one `OP ...` line per operation), `serial.log`, and
+/// `truth.LABEL.jsonl` for each `gr_snapshot LABEL` the workload took.
 #[derive(Debug, Clone)]
 pub struct Recording {
     /// The output directory.
@@ -84,11 +85,24 @@ impl Recording {
         let truth_path = dir.join("truth.jsonl");
         let ops_path = dir.join("ops.txt");
         let listing = listing::read(&truth_path)?;
-        let ops = std::fs::read_to_string(&ops_path)
+        let ops: Vec<String> = std::fs::read_to_string(&ops_path)
             .ctx("reading", &ops_path)?
             .lines()
             .map(str::to_string)
             .collect();
+        let mut snapshots = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            if let Some((verb, args)) = crate::truth::split_op(op) {
+                if verb == "snapshot" && args.len() == 1 {
+                    let p = dir.join(format!("truth.{}.jsonl", args[0]));
+                    snapshots.push(Snapshot {
+                        label: args[0].clone(),
+                        after_ops: i,
+                        listing: listing::read(&p)?,
+                    });
+                }
+            }
+        }
         Ok(Recording {
             dir: dir.to_path_buf(),
             base: dir.join("base.img"),
@@ -100,6 +114,7 @@ impl Recording {
             truth: Truth {
                 ops,
                 listing,
+                snapshots,
                 paced: Vec::new(),
             },
             prepare_time: Duration::ZERO,
@@ -164,9 +179,13 @@ pub fn record_with(guest: &Guest, spec: &RecordSpec) -> Result<Recording> {
     })
 }
 
-/// Writes `truth.jsonl` and `ops.txt` into `dir`.
+/// Writes `truth.jsonl`, `ops.txt` and one `truth.LABEL.jsonl` per
+/// snapshot into `dir`.
 pub fn write_truth(dir: &Path, truth: &Truth) -> Result<()> {
     listing::write(&dir.join("truth.jsonl"), &truth.listing)?;
+    for s in &truth.snapshots {
+        listing::write(&dir.join(format!("truth.{}.jsonl", s.label)), &s.listing)?;
+    }
     let ops: String = truth.ops.iter().map(|o| format!("{o}\n")).collect();
     let p = dir.join("ops.txt");
     std::fs::write(&p, ops).ctx("writing", &p)

@@ -19,15 +19,22 @@ pub struct Truth {
     pub ops: Vec<String>,
     /// The file system after the workload and a `sync`, sorted.
     pub listing: Vec<ListingEntry>,
+    /// Listings the workload took along the way with `gr_snapshot LABEL`
+    /// (each after a `sync`), in order.
+    pub snapshots: Vec<Snapshot>,
     /// Pacing points the guest passed (`GR-PACE name answer`).
     pub paced: Vec<String>,
 }
 
-#[derive(PartialEq)]
-enum Section {
-    None,
-    Ops,
-    Listing,
+/// A listing taken in the middle of a workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The label given to `gr_snapshot`.
+    pub label: String,
+    /// How many operations (`Truth::ops`) came before it.
+    pub after_ops: usize,
+    /// The file system at that point, sorted.
+    pub listing: Vec<ListingEntry>,
 }
 
 struct Stat {
@@ -40,116 +47,166 @@ struct Stat {
     line: usize,
 }
 
+/// The raw records of one listing, turned into entries by `finish`.
+#[derive(Default)]
+struct RawListing {
+    stats: Vec<(String, Stat)>,
+    targets: HashMap<String, String>,
+    hashes: HashMap<String, String>,
+    pending_link: Option<String>,
+}
+
+fn bad(line: usize, message: &'static str, text: &str) -> Error {
+    Error::Truth {
+        line,
+        message,
+        text: text.to_string(),
+    }
+}
+
+impl RawListing {
+    fn record(&mut self, n: usize, line: &str) -> Result<()> {
+        let path = |p: &str| fs_path(p).ok_or_else(|| bad(n, "path outside /mnt", line));
+        if let Some(rest) = line.strip_prefix("S|") {
+            let f: Vec<&str> = rest.splitn(7, '|').collect();
+            if f.len() != 7 {
+                return Err(bad(n, "stat record needs 7 fields", line));
+            }
+            let num = |s: &str| s.parse::<u64>().map_err(|_| bad(n, "bad number", line));
+            let st = Stat {
+                st_mode: u32::from_str_radix(f[0], 16).map_err(|_| bad(n, "bad hex mode", line))?,
+                uid: u32::try_from(num(f[1])?).map_err(|_| bad(n, "uid too large", line))?,
+                gid: u32::try_from(num(f[2])?).map_err(|_| bad(n, "gid too large", line))?,
+                size: num(f[3])?,
+                nlink: num(f[4])?,
+                mtime: f[5].parse().map_err(|_| bad(n, "bad mtime", line))?,
+                line: n,
+            };
+            self.stats.push((path(f[6])?, st));
+        } else if let Some(p) = line.strip_prefix("L|") {
+            self.pending_link = Some(path(p)?);
+        } else if let Some(t) = line.strip_prefix("T|") {
+            let p = self
+                .pending_link
+                .take()
+                .ok_or_else(|| bad(n, "target without a link", line))?;
+            self.targets.insert(p, t.to_string());
+        } else if let Some(h) = line.strip_prefix("H|") {
+            let (hash, p) = h
+                .split_once("  ")
+                .ok_or_else(|| bad(n, "hash record needs two fields", line))?;
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad(n, "bad sha256", line));
+            }
+            self.hashes.insert(path(p)?, hash.to_ascii_lowercase());
+        } else if !line.trim().is_empty() {
+            return Err(bad(n, "unexpected line in listing (kernel message?)", line));
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Vec<ListingEntry>> {
+        let mut out = Vec::with_capacity(self.stats.len());
+        for (path, st) in self.stats {
+            let kind = listing::type_name(st.st_mode)
+                .ok_or_else(|| bad(st.line, "unknown file type", &path))?;
+            let target = if kind == "symlink" {
+                Some(
+                    self.targets
+                        .remove(&path)
+                        .ok_or_else(|| bad(st.line, "symlink without a target record", &path))?,
+                )
+            } else {
+                None
+            };
+            let sha256 = if kind == "file" {
+                Some(
+                    self.hashes
+                        .remove(&path)
+                        .ok_or_else(|| bad(st.line, "file without a sha256 record", &path))?,
+                )
+            } else {
+                None
+            };
+            out.push(ListingEntry {
+                part: 1,
+                path,
+                kind: kind.to_string(),
+                mode: st.st_mode & 0o7777,
+                uid: st.uid,
+                gid: st.gid,
+                size: st.size,
+                nlink: st.nlink,
+                mtime: st.mtime,
+                target,
+                sha256,
+            });
+        }
+        listing::sort(&mut out);
+        Ok(out)
+    }
+}
+
 /// Parses a serial log. Fails if the guest reported an error, if a section
 /// is missing, or if `GR-DONE` never came.
 pub fn parse_serial(bytes: &[u8]) -> Result<Truth> {
     let text = String::from_utf8_lossy(bytes);
     let mut truth = Truth::default();
-    let mut section = Section::None;
+    let mut in_ops = false;
+    // The listing being read: None for the final one, Some(label) for a
+    // snapshot.
+    let mut listing: Option<(Option<String>, RawListing)> = None;
     let mut errors = Vec::new();
     let mut done = false;
     let mut saw_ops = false;
     let mut saw_listing = false;
     let mut rc: Option<String> = None;
-    let mut stats: Vec<(String, Stat)> = Vec::new();
-    let mut targets: HashMap<String, String> = HashMap::new();
-    let mut hashes: HashMap<String, String> = HashMap::new();
-    let mut pending_link: Option<String> = None;
-
-    let bad = |line: usize, message: &'static str, text: &str| Error::Truth {
-        line,
-        message,
-        text: text.to_string(),
-    };
 
     for (i, raw) in text.split('\n').enumerate() {
         let n = i + 1;
         let line = raw.strip_suffix('\r').unwrap_or(raw);
-        match line {
-            "GR-BEGIN-OPS" => {
-                section = Section::Ops;
-                saw_ops = true;
-                continue;
-            }
-            "GR-BEGIN-LISTING" => {
-                section = Section::Listing;
-                saw_listing = true;
-                continue;
-            }
-            "GR-END-LISTING" => {
-                section = Section::None;
-                continue;
-            }
-            "GR-DONE" => {
-                done = true;
-                continue;
-            }
-            _ => {}
-        }
-        if let Some(r) = line.strip_prefix("GR-END-OPS rc=") {
-            rc = Some(r.to_string());
-            section = Section::None;
-            continue;
-        }
         if let Some(m) = line.strip_prefix("GR-ERROR ") {
             errors.push(m.to_string());
             continue;
         }
-        if let Some(p) = line.strip_prefix("GR-PACE ") {
-            truth.paced.push(p.to_string());
+        if line == "GR-END-LISTING" {
+            let (label, raw) = listing
+                .take()
+                .ok_or_else(|| bad(n, "listing end without a start", line))?;
+            let entries = raw.finish()?;
+            match label {
+                None => {
+                    saw_listing = true;
+                    truth.listing = entries;
+                }
+                Some(label) => truth.snapshots.push(Snapshot {
+                    label,
+                    after_ops: truth.ops.len(),
+                    listing: entries,
+                }),
+            }
             continue;
         }
-        match section {
-            Section::None => {}
-            Section::Ops => {
-                if line.starts_with("OP ") {
-                    truth.ops.push(line.to_string());
-                }
-            }
-            Section::Listing => {
-                if let Some(rest) = line.strip_prefix("S|") {
-                    let f: Vec<&str> = rest.splitn(7, '|').collect();
-                    if f.len() != 7 {
-                        return Err(bad(n, "stat record needs 7 fields", line));
-                    }
-                    let num = |s: &str| s.parse::<u64>().map_err(|_| bad(n, "bad number", line));
-                    let st = Stat {
-                        st_mode: u32::from_str_radix(f[0], 16)
-                            .map_err(|_| bad(n, "bad hex mode", line))?,
-                        uid: u32::try_from(num(f[1])?)
-                            .map_err(|_| bad(n, "uid too large", line))?,
-                        gid: u32::try_from(num(f[2])?)
-                            .map_err(|_| bad(n, "gid too large", line))?,
-                        size: num(f[3])?,
-                        nlink: num(f[4])?,
-                        mtime: f[5].parse().map_err(|_| bad(n, "bad mtime", line))?,
-                        line: n,
-                    };
-                    stats.push((
-                        fs_path(f[6]).ok_or_else(|| bad(n, "path outside /mnt", line))?,
-                        st,
-                    ));
-                } else if let Some(p) = line.strip_prefix("L|") {
-                    pending_link =
-                        Some(fs_path(p).ok_or_else(|| bad(n, "path outside /mnt", line))?);
-                } else if let Some(t) = line.strip_prefix("T|") {
-                    let p = pending_link
-                        .take()
-                        .ok_or_else(|| bad(n, "target without a link", line))?;
-                    targets.insert(p, t.to_string());
-                } else if let Some(h) = line.strip_prefix("H|") {
-                    let (hash, path) = h
-                        .split_once("  ")
-                        .ok_or_else(|| bad(n, "hash record needs two fields", line))?;
-                    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-                        return Err(bad(n, "bad sha256", line));
-                    }
-                    let p = fs_path(path).ok_or_else(|| bad(n, "path outside /mnt", line))?;
-                    hashes.insert(p, hash.to_ascii_lowercase());
-                } else if !line.trim().is_empty() {
-                    return Err(bad(n, "unexpected line in listing (kernel message?)", line));
-                }
-            }
+        if let Some((_, raw)) = listing.as_mut() {
+            raw.record(n, line)?;
+            continue;
+        }
+        if line == "GR-BEGIN-LISTING" {
+            listing = Some((None, RawListing::default()));
+        } else if let Some(label) = line.strip_prefix("GR-BEGIN-LISTING ") {
+            listing = Some((Some(label.to_string()), RawListing::default()));
+        } else if line == "GR-BEGIN-OPS" {
+            in_ops = true;
+            saw_ops = true;
+        } else if let Some(r) = line.strip_prefix("GR-END-OPS rc=") {
+            rc = Some(r.to_string());
+            in_ops = false;
+        } else if line == "GR-DONE" {
+            done = true;
+        } else if let Some(p) = line.strip_prefix("GR-PACE ") {
+            truth.paced.push(p.to_string());
+        } else if in_ops && line.starts_with("OP ") {
+            truth.ops.push(line.to_string());
         }
     }
 
@@ -172,51 +229,11 @@ pub fn parse_serial(bytes: &[u8]) -> Result<Truth> {
         return Err(missing("GR-BEGIN-OPS (guest did not get to its workload)"));
     }
     if !saw_listing {
-        return Err(missing("GR-BEGIN-LISTING"));
+        return Err(missing("complete final listing"));
     }
     if !done {
         return Err(missing("GR-DONE"));
     }
-
-    for (path, st) in stats {
-        let kind = listing::type_name(st.st_mode).ok_or_else(|| Error::Truth {
-            line: st.line,
-            message: "unknown file type",
-            text: path.clone(),
-        })?;
-        let target = if kind == "symlink" {
-            Some(targets.remove(&path).ok_or_else(|| Error::Truth {
-                line: st.line,
-                message: "symlink without a target record",
-                text: path.clone(),
-            })?)
-        } else {
-            None
-        };
-        let sha256 = if kind == "file" {
-            Some(hashes.remove(&path).ok_or_else(|| Error::Truth {
-                line: st.line,
-                message: "file without a sha256 record",
-                text: path.clone(),
-            })?)
-        } else {
-            None
-        };
-        truth.listing.push(ListingEntry {
-            part: 1,
-            path,
-            kind: kind.to_string(),
-            mode: st.st_mode & 0o7777,
-            uid: st.uid,
-            gid: st.gid,
-            size: st.size,
-            nlink: st.nlink,
-            mtime: st.mtime,
-            target,
-            sha256,
-        });
-    }
-    listing::sort(&mut truth.listing);
     Ok(truth)
 }
 
@@ -317,6 +334,22 @@ GR-END-LISTING\r\nGR-DONE\r\n";
         );
         assert_eq!(split_op(r#"OP write "/unterminated"#), None);
         assert_eq!(split_op("not an op"), None);
+    }
+
+    #[test]
+    fn snapshots_are_separate_listings() {
+        let s = SAMPLE.replace(
+            "OP mkdir /a\r\n",
+            "OP mkdir /a\r\nOP sync\r\nGR-BEGIN-LISTING mid\r\n\
+S|41ed|0|0|4096|3|1700000000|/mnt\r\nGR-END-LISTING\r\nOP snapshot mid\r\n",
+        );
+        let t = parse_serial(s.as_bytes()).unwrap();
+        assert_eq!(t.snapshots.len(), 1);
+        assert_eq!(t.snapshots[0].label, "mid");
+        assert_eq!(t.snapshots[0].after_ops, 2);
+        assert_eq!(t.snapshots[0].listing.len(), 1);
+        assert_eq!(t.listing.len(), 4);
+        assert_eq!(t.ops.len(), 3);
     }
 
     #[test]

@@ -197,8 +197,27 @@ fn check(w: Workload, fs: FsKind, dir: &Path) -> Result<(), String> {
     }
     check_truth(w, fs, &rec.truth.listing)?;
     let loaded = Recording::load(&rec.dir).map_err(|e| e.to_string())?;
-    if loaded.truth.listing != rec.truth.listing || loaded.truth.ops != rec.truth.ops {
-        return Err("truth.jsonl or ops.txt does not round-trip".into());
+    if loaded.truth.listing != rec.truth.listing
+        || loaded.truth.ops != rec.truth.ops
+        || loaded.truth.snapshots != rec.truth.snapshots
+    {
+        return Err("truth.jsonl, ops.txt or a snapshot does not round-trip".into());
+    }
+    if w == Workload::Logs {
+        let snap = rec
+            .truth
+            .snapshots
+            .iter()
+            .find(|s| s.label == "rotated")
+            .ok_or("no snapshot \"rotated\"")?;
+        find(&snap.listing, "/var/log/app.log.1").ok_or("snapshot lacks app.log.1")?;
+        if find(&snap.listing, "/var/log/nginx").is_some() {
+            return Err("snapshot shows a later directory".into());
+        }
+        let op = &rec.truth.ops[snap.after_ops];
+        if op != "OP snapshot rotated" {
+            return Err(format!("snapshot position wrong: {op}"));
+        }
     }
 
     // 3. a second boot on (a copy of) the final disk lists the same

@@ -8,6 +8,7 @@ op_move /var/log/app.log /var/log/app.log.1
 op_create /var/log/app.log
 op_append_lines /var/log/app.log after-rotate 50
 op_sync
+gr_snapshot rotated
 op_move /var/log/app.log.1 /var/log/app.log.2
 op_move /var/log/app.log /var/log/app.log.1
 op_create /var/log/app.log
