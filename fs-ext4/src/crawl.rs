@@ -205,6 +205,13 @@ pub fn crawl(dev: &dyn BlockDevice, progress: &dyn Progress) -> Result<Crawl> {
             ),
         ));
     }
+    if !ctx.sb.csum_ok {
+        out.warn(Error::corrupt(
+            "ext4 superblock",
+            SUPERBLOCK_OFFSET,
+            "s_checksum does not match (metadata_csum)",
+        ));
+    }
     let descs = ctx.read_group_descs(&mut out)?;
     ctx.map_static_metadata(&descs, &mut out);
 
@@ -378,8 +385,19 @@ impl Ctx<'_> {
                 .get(blk * bs + within..)
                 .and_then(|r| r.get(..ds))
                 .unwrap_or(&[]);
-            match GroupDesc::from_bytes(bytes, &self.sb, off) {
-                Ok(gd) => descs.push(Some(gd)),
+            match GroupDesc::from_bytes(bytes, &self.sb, g as u64, off) {
+                Ok(gd) => {
+                    if !gd.csum_ok {
+                        out.warn(Error::corrupt(
+                            "ext4 group descriptor",
+                            off,
+                            format!(
+                                "group {g}: bg_checksum mismatch; reading its whole inode table"
+                            ),
+                        ));
+                    }
+                    descs.push(Some(gd));
+                }
                 Err(e) => {
                     out.warn(e);
                     descs.push(None);

@@ -28,7 +28,7 @@ pub fn parsers(data: &[u8]) {
         // Bounded: only look at the first descriptors of the table.
         let _ = layout.primary_desc_block(&sb, 0);
         if let Some(gd_bytes) = rest.get(SUPERBLOCK_SIZE..) {
-            if let Ok(gd) = GroupDesc::from_bytes(gd_bytes, &sb, 2048) {
+            if let Ok(gd) = GroupDesc::from_bytes(gd_bytes, &sb, 0, 2048) {
                 let _ = gd.used_inodes(&sb);
             }
         }

@@ -4,7 +4,8 @@
 use gammaray_core::{Error, Result};
 
 use crate::bytes::{join32, join64, le16, le32};
-use crate::superblock::{incompat, Superblock};
+use crate::csum::{crc16, crc32c_raw};
+use crate::superblock::{incompat, ro_compat, Superblock};
 
 /// `bg_flags`: the inode table and bitmap are not initialised.
 pub const EXT4_BG_INODE_UNINIT: u16 = 0x1;
@@ -24,12 +25,15 @@ pub struct GroupDesc {
     pub bg_flags: u16,
     /// Unused inodes at the end of the table (with group checksums).
     pub bg_itable_unused: u32,
+    /// `bg_checksum` matches (always true without group checksums). When
+    /// false, `bg_flags` and `bg_itable_unused` are not trusted.
+    pub csum_ok: bool,
 }
 
 impl GroupDesc {
     /// Parses one descriptor of `desc_size` bytes (32 without 64bit).
     /// `offset` is its byte offset on the device.
-    pub fn from_bytes(b: &[u8], sb: &Superblock, offset: u64) -> Result<Self> {
+    pub fn from_bytes(b: &[u8], sb: &Superblock, group: u64, offset: u64) -> Result<Self> {
         let want = usize::from(sb.s_desc_size);
         if b.len() < want || want < 32 {
             return Err(Error::corrupt(
@@ -47,6 +51,7 @@ impl GroupDesc {
             bg_inode_table: join64(le32(b, 0x8), hi32(0x28)),
             bg_flags: le16(b, 0x12),
             bg_itable_unused: join32(le16(b, 0x1C), hi16(0x32)),
+            csum_ok: checksum_ok(b.get(..want).unwrap_or(&[]), sb, group),
         };
         let blocks = sb.s_blocks_count;
         for (name, v) in [
@@ -73,10 +78,43 @@ impl GroupDesc {
         if !sb.has_group_csums() {
             return ipg;
         }
+        if !self.csum_ok {
+            return ipg;
+        }
         if self.bg_flags & EXT4_BG_INODE_UNINIT != 0 {
             return 0;
         }
         ipg.saturating_sub(self.bg_itable_unused)
+    }
+}
+
+/// Offset of `bg_checksum` in a descriptor.
+const BG_CHECKSUM: usize = 0x1E;
+
+/// Verifies `bg_checksum` of descriptor `d` (exactly `s_desc_size` bytes)
+/// of `group`: crc32c with metadata_csum, crc16 with gdt_csum, else true.
+fn checksum_ok(d: &[u8], sb: &Superblock, group: u64) -> bool {
+    let stored = le16(d, BG_CHECKSUM);
+    // Group numbers are 32-bit on disk.
+    let g = (group as u32).to_le_bytes();
+    let head = d.get(..BG_CHECKSUM).unwrap_or(&[]);
+    let tail = d.get(BG_CHECKSUM + 2..).unwrap_or(&[]);
+    if sb.has_ro_compat(ro_compat::METADATA_CSUM) {
+        let mut crc = crc32c_raw(sb.csum_seed, &g);
+        crc = crc32c_raw(crc, head);
+        crc = crc32c_raw(crc, &[0, 0]);
+        crc = crc32c_raw(crc, tail);
+        (crc & 0xFFFF) as u16 == stored
+    } else if sb.has_ro_compat(ro_compat::GDT_CSUM) {
+        let mut crc = crc16(!0, &sb.s_uuid);
+        crc = crc16(crc, &g);
+        crc = crc16(crc, head);
+        if sb.is_64bit() {
+            crc = crc16(crc, tail);
+        }
+        crc == stored
+    } else {
+        true
     }
 }
 
@@ -187,10 +225,10 @@ mod tests {
         d[0..4].copy_from_slice(&10u32.to_le_bytes());
         d[4..8].copy_from_slice(&11u32.to_le_bytes());
         d[8..12].copy_from_slice(&12u32.to_le_bytes());
-        let gd = GroupDesc::from_bytes(&d, &sb, 4096).unwrap();
+        let gd = GroupDesc::from_bytes(&d, &sb, 0, 4096).unwrap();
         assert_eq!(gd.bg_inode_table, 12);
         d[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(GroupDesc::from_bytes(&d, &sb, 4096).is_err());
-        assert!(GroupDesc::from_bytes(&d[..16], &sb, 4096).is_err());
+        assert!(GroupDesc::from_bytes(&d, &sb, 0, 4096).is_err());
+        assert!(GroupDesc::from_bytes(&d[..16], &sb, 0, 4096).is_err());
     }
 }

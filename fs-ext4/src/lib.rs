@@ -15,8 +15,11 @@
 //! size, and damage to a single structure becomes a warning
 //! ([`gammaray_core::Error::Corrupt`] with the structure's byte offset)
 //! instead of a failed crawl. Only an unusable superblock or descriptor
-//! table fails the crawl. Checksums (`metadata_csum`, `uninit_bg`) are
-//! not verified; the parsers do not depend on them.
+//! table fails the crawl. The superblock and group descriptor checksums
+//! are verified (`metadata_csum`, `uninit_bg`): a mismatch is a warning,
+//! and a group whose descriptor fails is read whole instead of trusting
+//! its "unused inodes" hint. Inode, extent and directory checksums are not
+//! verified; the parsers do not depend on them.
 //!
 //! ```
 //! use gammaray_core::{FileSystem, NoProgress};
@@ -36,6 +39,7 @@
 
 mod bytes;
 pub mod crawl;
+pub mod csum;
 pub mod dir;
 pub mod extent;
 pub mod fuzzing;

@@ -3,6 +3,7 @@
 use gammaray_core::{Error, Result};
 
 use crate::bytes::{join64, le16, le32};
+use crate::csum::crc32c_raw;
 
 /// Byte offset of the primary superblock from the start of the file system.
 pub const SUPERBLOCK_OFFSET: u64 = 1024;
@@ -140,6 +141,13 @@ pub struct Superblock {
     pub s_backup_bgs: [u32; 2],
     /// The hidden orphan file's inode (orphan_file feature), else 0.
     pub s_orphan_file_inum: u32,
+    /// File-system UUID.
+    pub s_uuid: [u8; 16],
+    /// Seed of every metadata checksum (`s_checksum_seed` with csum_seed,
+    /// else the crc32c of the UUID).
+    pub csum_seed: u32,
+    /// False when metadata_csum is on and `s_checksum` does not match.
+    pub csum_ok: bool,
 }
 
 impl Superblock {
@@ -171,6 +179,18 @@ impl Superblock {
         if let Some(nul) = last.iter().position(|&c| c == 0) {
             last.truncate(nul);
         }
+        let mut s_uuid = [0u8; 16];
+        if let Some(u) = b.get(0x68..0x78) {
+            s_uuid.copy_from_slice(u);
+        }
+        let metadata_csum = le32(b, 0x64) & ro_compat::METADATA_CSUM != 0;
+        let csum_seed = if s_feature_incompat & incompat::CSUM_SEED != 0 {
+            le32(b, 0x270)
+        } else {
+            crc32c_raw(!0, &s_uuid)
+        };
+        let csum_ok =
+            !metadata_csum || crc32c_raw(!0, b.get(..0x3FC).unwrap_or(&[])) == le32(b, 0x3FC);
         let sb = Superblock {
             s_inodes_count: le32(b, 0x0),
             s_blocks_count: join64(le32(b, 0x4), if bit64 { le32(b, 0x150) } else { 0 }),
@@ -192,6 +212,9 @@ impl Superblock {
             s_first_meta_bg: le32(b, 0x104),
             s_min_extra_isize: le16(b, 0x15C),
             s_backup_bgs: [le32(b, 0x24C), le32(b, 0x250)],
+            s_uuid,
+            csum_seed,
+            csum_ok,
             s_orphan_file_inum: if le32(b, 0x5C) & compat::ORPHAN_FILE != 0 {
                 le32(b, 0x280)
             } else {

@@ -252,3 +252,34 @@ fn random_byte_flips_in_metadata_never_panic() {
         }
     }
 }
+
+#[test]
+fn bad_group_checksum_means_the_itable_unused_hint_is_ignored() {
+    for extra in [&[][..], &["-O", "^metadata_csum,uninit_bg"][..]] {
+        let (_t, img) = image(extra);
+        let before = crawl(&img);
+        // Group 0's descriptor starts right after the superblock's block;
+        // claim all of its inodes unused without fixing bg_checksum.
+        let bs = u64::from(before.model.block_size);
+        let gdt = if bs == 1024 { 2048 } else { bs };
+        patch(&img, gdt + 0x1C, &u16::MAX.to_le_bytes());
+        let c = crawl(&img);
+        assert_eq!(
+            warnings_about(&c, "bg_checksum mismatch"),
+            1,
+            "{:#?}",
+            c.warnings
+        );
+        assert_eq!(c.model.files.len(), before.model.files.len());
+    }
+}
+
+#[test]
+fn bad_superblock_checksum_is_a_warning() {
+    let (_t, img) = image(&[]);
+    // s_volume_name changes, s_checksum does not.
+    patch(&img, 1024 + 0x78, b"renamed");
+    let c = crawl(&img);
+    assert_eq!(warnings_about(&c, "s_checksum"), 1, "{:#?}", c.warnings);
+    assert!(c.model.files.len() > 40);
+}
