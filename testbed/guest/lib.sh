@@ -98,10 +98,13 @@ gr_listing() {
   echo 4 > /proc/sys/kernel/printk
 }
 
-# gr_snapshot LABEL: sync, then print a labelled listing of the whole file
+# gr_snapshot LABEL: sync, pause at `snap-LABEL` (the host notes how far
+# the trace has got), then print a labelled listing of the whole file
 # system in the middle of a workload, and an `OP snapshot LABEL` line.
+# LABEL: letters, digits, `-` and `_`.
 gr_snapshot() {
   sync
+  gr_pace "snap-$1"
   gr_listing "$1"
   gr_op snapshot "$1"
 }

@@ -67,6 +67,9 @@ enum Cmd {
         /// Compare the result with this image and fail if they differ.
         #[arg(long)]
         expect: Option<PathBuf>,
+        /// Apply only the first N entries.
+        #[arg(long)]
+        entries: Option<u64>,
     },
 }
 
@@ -136,8 +139,10 @@ fn main() -> anyhow::Result<()> {
             log,
             out,
             expect,
+            entries,
         } => {
-            let st = trace::replay_to(&base, &log, &out)?;
+            std::fs::copy(&base, &out).with_context(|| format!("copying {}", base.display()))?;
+            let st = trace::apply_first(&log, &out, entries.unwrap_or(u64::MAX))?;
             println!("{st:?}");
             if let Some(e) = expect {
                 if let Some(at) = trace::first_difference(&out, &e)? {

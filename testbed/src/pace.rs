@@ -3,8 +3,9 @@
 //! `PAUSE <name>` and waits for one line back, so a test can hold the guest
 //! (for example before it mounts its disk) while it attaches a capture.
 //! `/init` pauses at `boot` (before mounting), `mounted` (before the
-//! workload) and `done` (after unmounting, before power-off); workloads may
-//! add their own with `gr_pace NAME`.
+//! workload) and `done` (after unmounting, before power-off);
+//! `gr_snapshot LABEL` pauses at `snap-LABEL` after its `sync`; workloads
+//! may add their own with `gr_pace NAME`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -112,9 +113,20 @@ impl Pacer {
 
     /// Answers every further pause in a background thread until the guest
     /// goes away.
-    pub fn release_all(mut self) -> std::thread::JoinHandle<()> {
+    pub fn release_all(self) -> std::thread::JoinHandle<()> {
+        self.serve(|_| {})
+    }
+
+    /// Answers every further pause in a background thread until the guest
+    /// goes away, calling `at(name)` before letting the guest go on (the
+    /// guest is held while `at` runs). Waits up to `timeout` for QEMU to
+    /// connect.
+    pub fn serve(
+        mut self,
+        mut at: impl FnMut(&str) + Send + 'static,
+    ) -> std::thread::JoinHandle<()> {
         std::thread::spawn(move || {
-            let Ok((r, w)) = self.connection(Duration::from_secs(120)) else {
+            let Ok((r, w)) = self.connection(Duration::from_secs(600)) else {
                 return;
             };
             let _ = r.get_ref().set_read_timeout(None);
@@ -123,12 +135,14 @@ impl Pacer {
                 line.clear();
                 match r.read_line(&mut line) {
                     Ok(0) | Err(_) => return,
-                    Ok(_) if line.starts_with("PAUSE ") => {
-                        if w.write_all(b"go\n").is_err() {
-                            return;
+                    Ok(_) => {
+                        if let Some(name) = line.trim_end().strip_prefix("PAUSE ") {
+                            at(name);
+                            if w.write_all(b"go\n").is_err() {
+                                return;
+                            }
                         }
                     }
-                    Ok(_) => {}
                 }
             }
         })

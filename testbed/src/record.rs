@@ -3,11 +3,13 @@
 //! directory.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::disk;
 use crate::error::{IoContext, Result};
 use crate::listing;
+use crate::pace::Pacer;
 use crate::qemu::{Drive, FsKind, Guest, RunSpec};
 use crate::truth::{Snapshot, Truth};
 use crate::workload::Workload;
@@ -53,7 +55,9 @@ impl RecordSpec {
 /// `base.img` (the disk before), `final.img` (after), `trace.log`
 /// (dm-log-writes, 512-byte log sectors), `truth.jsonl` (the guest's state
 /// listing), `ops.txt` (one `OP ...` line per operation), `serial.log`, and
-/// `truth.LABEL.jsonl` for each `gr_snapshot LABEL` the workload took.
+/// `truth.LABEL.jsonl` for each `gr_snapshot LABEL` the workload took
+/// (indexed in `snapshots.txt`: label, operations before it, trace entries
+/// before it).
 #[derive(Debug, Clone)]
 pub struct Recording {
     /// The output directory.
@@ -91,17 +95,24 @@ impl Recording {
             .map(str::to_string)
             .collect();
         let mut snapshots = Vec::new();
-        for (i, op) in ops.iter().enumerate() {
-            if let Some((verb, args)) = crate::truth::split_op(op) {
-                if verb == "snapshot" && args.len() == 1 {
-                    let p = dir.join(format!("truth.{}.jsonl", args[0]));
-                    snapshots.push(Snapshot {
-                        label: args[0].clone(),
-                        after_ops: i,
-                        listing: listing::read(&p)?,
-                    });
-                }
-            }
+        let index_path = dir.join("snapshots.txt");
+        let index = std::fs::read_to_string(&index_path).unwrap_or_default();
+        for l in index.lines() {
+            let f: Vec<&str> = l.split(' ').collect();
+            let [label, after, n] = f[..] else {
+                return Err(crate::Error::Truth {
+                    line: 0,
+                    message: "snapshots.txt line needs 3 fields",
+                    text: l.to_string(),
+                });
+            };
+            let p = dir.join(format!("truth.{label}.jsonl"));
+            snapshots.push(Snapshot {
+                label: label.to_string(),
+                after_ops: after.parse().unwrap_or(0),
+                listing: listing::read(&p)?,
+                trace_entries: n.parse().ok(),
+            });
         }
         Ok(Recording {
             dir: dir.to_path_buf(),
@@ -122,6 +133,9 @@ impl Recording {
         })
     }
 }
+
+/// (snapshot label, trace entries when the guest paused for it).
+type SnapshotMarks = Vec<(String, Option<u64>)>;
 
 /// Records `spec.workload` on `spec.fs` into `spec.out`.
 pub fn record(spec: &RecordSpec) -> Result<Recording> {
@@ -155,7 +169,32 @@ pub fn record_with(guest: &Guest, spec: &RecordSpec) -> Result<Recording> {
         },
     );
     run.timeout = spec.timeout;
-    let out = guest.run(&run)?;
+    // Pacing, so that each gr_snapshot can note how far the trace has got.
+    let pace = dir.join("pace.sock");
+    let pacer = Pacer::listen(&pace)?;
+    run.pace = Some(pace.clone());
+    let marks: Arc<Mutex<SnapshotMarks>> = Arc::default();
+    let seen = Arc::clone(&marks);
+    let trace_path = trace.clone();
+    let running = guest.spawn(&run)?;
+    let server = pacer.serve(move |name| {
+        if let Some(label) = name.strip_prefix("snap-") {
+            let n = crate::trace::count_entries(&trace_path, 512).ok();
+            if let Ok(mut v) = seen.lock() {
+                v.push((label.to_string(), n));
+            }
+        }
+    });
+    let mut out = running.wait()?;
+    let _ = server.join();
+    let _ = std::fs::remove_file(&pace);
+    let marks = marks.lock().map(|v| v.clone()).unwrap_or_default();
+    for s in &mut out.truth.snapshots {
+        s.trace_entries = marks
+            .iter()
+            .find(|(l, _)| *l == s.label)
+            .and_then(|(_, n)| *n);
+    }
     tracing::info!(
         workload = %spec.workload,
         fs = spec.fs.name(),
@@ -183,9 +222,16 @@ pub fn record_with(guest: &Guest, spec: &RecordSpec) -> Result<Recording> {
 /// snapshot into `dir`.
 pub fn write_truth(dir: &Path, truth: &Truth) -> Result<()> {
     listing::write(&dir.join("truth.jsonl"), &truth.listing)?;
+    let mut index = String::new();
     for s in &truth.snapshots {
         listing::write(&dir.join(format!("truth.{}.jsonl", s.label)), &s.listing)?;
+        let n = s
+            .trace_entries
+            .map_or_else(|| "-".to_string(), |n| n.to_string());
+        index.push_str(&format!("{} {} {n}\n", s.label, s.after_ops));
     }
+    let p = dir.join("snapshots.txt");
+    std::fs::write(&p, index).ctx("writing", &p)?;
     let ops: String = truth.ops.iter().map(|o| format!("{o}\n")).collect();
     let p = dir.join("ops.txt");
     std::fs::write(&p, ops).ctx("writing", &p)

@@ -199,13 +199,38 @@ pub struct ApplyStats {
 
 /// Applies every write in `trace` to the image at `image` (in place).
 pub fn apply(trace: &Path, image: &Path) -> Result<ApplyStats> {
+    apply_first(trace, image, u64::MAX)
+}
+
+/// How many complete entries a trace that is still being written holds,
+/// found by walking the entries to the end of the file (the super block's
+/// count is only rewritten on flushes, and ntfs3's `sync` sends none).
+/// `sector_size` is the log sector size the writer was configured with.
+pub fn count_entries(trace: &Path, sector_size: u32) -> Result<u64> {
+    let f = File::open(trace).ctx("opening trace", trace)?;
+    let mut r = Reader {
+        path: trace.to_path_buf(),
+        file: BufReader::with_capacity(1 << 20, f),
+        sector_size,
+        nr_entries: u64::MAX,
+        version: 0,
+        next: 0,
+        pos: 0,
+        failed: false,
+    };
+    r.seek(u64::from(sector_size))?;
+    Ok(r.take_while(|e| e.is_ok()).count() as u64)
+}
+
+/// Applies the first `limit` entries of `trace` to `image` (in place).
+pub fn apply_first(trace: &Path, image: &Path, limit: u64) -> Result<ApplyStats> {
     let reader = Reader::open(trace)?;
     let mut img = std::fs::OpenOptions::new()
         .write(true)
         .open(image)
         .ctx("opening image", image)?;
     let mut st = ApplyStats::default();
-    for e in reader {
+    for e in reader.take(usize::try_from(limit).unwrap_or(usize::MAX)) {
         let e = e?;
         st.entries += 1;
         if e.flags & FLAG_FLUSH != 0 {
@@ -316,6 +341,20 @@ mod tests {
         let out = std::fs::read(&img).unwrap();
         assert!(out[1024..1536].iter().all(|&b| b == 0xab));
         assert!(out[..1024].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn count_entries_stops_at_a_partial_entry_and_ignores_a_stale_super() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = super_block(0); // stale: says no entries
+        log.extend(header(2, 1, 0));
+        log.extend(vec![0xab; 512]);
+        log.extend(header(0, 0, FLAG_FLUSH));
+        log.extend(header(8, 2, 0));
+        log.extend(vec![1u8; 600]); // second data sector incomplete
+        let trace = dir.path().join("t.log");
+        std::fs::write(&trace, &log).unwrap();
+        assert_eq!(count_entries(&trace, 512).unwrap(), 2);
     }
 
     #[test]

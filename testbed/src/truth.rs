@@ -35,6 +35,10 @@ pub struct Snapshot {
     pub after_ops: usize,
     /// The file system at that point, sorted.
     pub listing: Vec<ListingEntry>,
+    /// How many trace entries had been logged when the guest paused after
+    /// the snapshot's `sync` (set by [`crate::record`]): replaying that many
+    /// entries onto the base image gives this state.
+    pub trace_entries: Option<u64>,
 }
 
 struct Stat {
@@ -183,6 +187,7 @@ pub fn parse_serial(bytes: &[u8]) -> Result<Truth> {
                     label,
                     after_ops: truth.ops.len(),
                     listing: entries,
+                    trace_entries: None,
                 }),
             }
             continue;

@@ -5,7 +5,9 @@
 //!    the disk QEMU left behind, byte for byte;
 //! 2. the guest's ground-truth listing shows what the workload script did;
 //! 3. booting the final disk again gives the same listing (the truth
-//!    describes what is on disk, not just the kernel's caches).
+//!    describes what is on disk, not just the kernel's caches);
+//! 4. for `logs`, the base image plus the trace up to its mid-workload
+//!    snapshot, booted, lists exactly that snapshot.
 
 use std::path::Path;
 
@@ -217,6 +219,25 @@ fn check(w: Workload, fs: FsKind, dir: &Path) -> Result<(), String> {
         let op = &rec.truth.ops[snap.after_ops];
         if op != "OP snapshot rotated" {
             return Err(format!("snapshot position wrong: {op}"));
+        }
+        // base + the trace up to the snapshot, booted, lists the snapshot
+        let n = snap.trace_entries.ok_or("snapshot has no trace position")?;
+        let mid = dir.join("mid.img");
+        std::fs::copy(&rec.base, &mid).map_err(|e| e.to_string())?;
+        trace::apply_first(&rec.trace, &mid, n).map_err(|e| e.to_string())?;
+        let out = guest
+            .run(&RunSpec::new(
+                dir.join("mid"),
+                "true\n",
+                fs,
+                Drive::Raw(mid),
+            ))
+            .map_err(|e| format!("boot at the snapshot: {e}"))?;
+        let diff = gammaray_testbed::listing::diff(&snap.listing, &out.truth.listing);
+        if !diff.is_empty() {
+            return Err(format!(
+                "disk at trace entry {n} differs from the snapshot: {diff:?}"
+            ));
         }
     }
 
