@@ -71,10 +71,11 @@ impl Pacer {
         Ok(self.conn.as_mut().expect("connection present"))
     }
 
-    /// Waits until the guest pauses at `name` (skipping other output).
+    /// Waits until the guest pauses at `name`. Pauses at other points on
+    /// the way are answered at once.
     pub fn wait_for(&mut self, name: &str, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let (r, _) = self.connection(timeout)?;
+        let (r, w) = self.connection(timeout)?;
         r.get_ref()
             .set_read_timeout(Some(timeout))
             .map_err(|e| Error::Pace(e.to_string()))?;
@@ -90,8 +91,13 @@ impl Pacer {
                     "guest closed the channel before {name}"
                 )));
             }
-            if line.trim_end_matches(['\r', '\n']) == want {
+            let got = line.trim_end_matches(['\r', '\n']);
+            if got == want {
                 return Ok(());
+            }
+            if got.starts_with("PAUSE ") {
+                w.write_all(b"go\n")
+                    .map_err(|e| Error::Pace(e.to_string()))?;
             }
             if Instant::now() > deadline {
                 return Err(Error::Pace(format!("timed out waiting for {name}")));
