@@ -301,6 +301,10 @@ pub fn read_index(path: &Path) -> Result<DiskIndex> {
     let mut header: Option<DiskIndex> = None;
     let mut ended = false;
     let mut buf = Vec::new();
+    // Files are gathered per partition and the maps built in one go at the
+    // end: a bulk-built BTreeMap has full nodes, one built by repeated
+    // inserts has half-empty ones (twice the memory).
+    let mut pending: Vec<(u32, Vec<(u64, FileRecord)>)> = Vec::new();
     while read_doc(&mut r, &mut buf).map_err(|d| err(path, d))? {
         let raw = RawDocumentBuf::from_bytes(std::mem::take(&mut buf))
             .map_err(|e| err(path, format!("bad BSON document: {e}")))?;
@@ -316,7 +320,17 @@ pub fn read_index(path: &Path) -> Result<DiskIndex> {
         };
         let result = match kind {
             "fs" => read_fs(&raw).map(|(p, m)| index.filesystems.push((p, m))),
-            "files" => with_fs(index, &raw).and_then(|m| read_files(&raw, m)),
+            "files" => {
+                let part = get_u32(&raw, "part").map_err(|d| err(path, d))?;
+                let slot = match pending.iter_mut().find(|(p, _)| *p == part) {
+                    Some(slot) => slot,
+                    None => {
+                        pending.push((part, Vec::new()));
+                        pending.last_mut().ok_or_else(|| err(path, "unreachable"))?
+                    }
+                };
+                read_files(&raw, &mut slot.1)
+            }
             "names" => with_fs(index, &raw).and_then(|m| read_names(&raw, m)),
             "blocks" => with_fs(index, &raw).and_then(|m| read_blocks(&raw, m)),
             "inline" => with_fs(index, &raw).and_then(|m| {
@@ -340,8 +354,12 @@ pub fn read_index(path: &Path) -> Result<DiskIndex> {
     if !ended {
         return Err(err(path, "truncated: no end document"));
     }
-    for (_, m) in &mut index.filesystems {
+    for (part, m) in &mut index.filesystems {
         m.blocks.finish();
+        if let Some(pos) = pending.iter().position(|(p, _)| p == part) {
+            let (_, files) = pending.swap_remove(pos);
+            m.files = files.into_iter().collect();
+        }
     }
     Ok(index)
 }
@@ -467,7 +485,7 @@ fn col<'a>(d: &'a bson::RawDocument, key: &'static str) -> std::result::Result<R
     Ok(Reader::new(get_bin(d, key)?, key))
 }
 
-fn read_files(d: &bson::RawDocument, m: &mut FsModel) -> std::result::Result<(), String> {
+fn read_files(d: &bson::RawDocument, out: &mut Vec<(u64, FileRecord)>) -> std::result::Result<(), String> {
     let n = rows(d)?;
     let e = |e: Error| e.to_string();
     let ftype = get_bin(d, "type")?;
@@ -542,7 +560,7 @@ fn read_files(d: &bson::RawDocument, m: &mut FsModel) -> std::result::Result<(),
             crtime: t[3],
             target,
         };
-        m.files.insert(fid, rec);
+        out.push((fid, rec));
     }
     Ok(())
 }
