@@ -270,30 +270,41 @@ pub fn crawl(dev: &dyn BlockDevice, progress: &dyn Progress) -> Result<Crawl> {
     // this one reads the directories.
     let files = std::mem::take(&mut out.files);
     let runs = std::mem::take(&mut out.runs);
-    let (tree, built) = std::thread::scope(|s| {
+    let entries = std::mem::take(&mut out.entries);
+    let dirs = std::mem::take(&mut out.dirs);
+    let ctx_ref = &ctx;
+    let (files, blocks, conflicts, read) = std::thread::scope(|s| {
+        // The directories are read on a second thread while this one
+        // builds the file map and the block map.
         let h = s.spawn(move || {
-            let files: BTreeMap<u64, FileRecord> = files.into_iter().collect();
-            let mut blocks = BlockMap::new();
-            for (start, len, owner) in runs {
-                blocks.push(start, len, owner);
+            let mut dout = Out {
+                dirs,
+                ..Out::default()
+            };
+            let mut tree = Tree::new();
+            for (dir, name, child) in entries {
+                tree.add(dir, &name, child);
             }
-            let conflicts = blocks.finish();
-            (files, blocks, conflicts)
+            ctx_ref.read_directories(&mut dout, &mut tree);
+            (tree, dout)
         });
-        let mut tree = Tree::new();
-        for (dir, name, child) in std::mem::take(&mut out.entries) {
-            tree.add(dir, &name, child);
+        let files: BTreeMap<u64, FileRecord> = files.into_iter().collect();
+        let mut blocks = BlockMap::new();
+        for (start, len, owner) in runs {
+            blocks.push(start, len, owner);
         }
-        ctx.read_directories(&mut out, &mut tree);
-        (tree, h.join())
+        let conflicts = blocks.finish();
+        (files, blocks, conflicts, h.join())
     });
-    let Ok((mut files, blocks, conflicts)) = built else {
+    let mut files = files;
+    let Ok((tree, dout)) = read else {
         return Err(Error::corrupt(
             "ext4 file system",
             0,
-            "worker thread building the maps failed",
+            "worker thread reading the directories failed",
         ));
     };
+    out.append(dout);
     ctx.read_slow_symlinks(&mut out, &mut files);
     for c in conflicts {
         out.warn(Error::corrupt(
