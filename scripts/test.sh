@@ -8,7 +8,14 @@ bash scripts/setup-host.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
-if [ -x scripts/fuzz.sh ] || [ -f scripts/fuzz.sh ]; then
-  bash scripts/fuzz.sh "${GAMMARAY_FUZZ_SECONDS:-60}"
+# Bounded fuzzing of the parsers. cargo-fuzz needs nightly's -Z flags: use
+# the nightly toolchain when the machine has one, else stable with
+# RUSTC_BOOTSTRAP=1 (which unlocks the same flags).
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+if rustup run nightly rustc --version >/dev/null 2>&1; then
+  export FUZZ_TOOLCHAIN=nightly
+else
+  export FUZZ_TOOLCHAIN=stable RUSTC_BOOTSTRAP=1
 fi
+bash scripts/fuzz.sh "${GAMMARAY_FUZZ_SECONDS:-60}"
 echo "all tests passed"
