@@ -492,6 +492,24 @@ fn gpt_matches_sources() {
     );
 }
 
+/// Runs a debugfs command script read-write against `img`.
+fn debugfs_script(img: &Path, script: &str) {
+    let mut child = Command::new("debugfs")
+        .args(["-w", "-f", "-"])
+        .arg(img)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+}
+
 /// A 64bit file system larger than 16 TiB (a sparse image on tmpfs: the
 /// host's ext4 cannot hold a 17 TiB file) with a file whose data lies past
 /// block 2^32. debugfs writes the file, then its extent is moved there with
@@ -519,20 +537,7 @@ fn ext4_64bit_over_16tib_with_data_past_block_2_pow_32() {
     let high: u64 = (1 << 32) + 4096;
     place(&img, &data_path, high * 4096);
     let script = format!("mkdir high\nwrite {} high/data.bin\n", data_path.display());
-    let mut child = Command::new("debugfs")
-        .args(["-w", "-f", "-"])
-        .arg(&img)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(child.wait_with_output().unwrap().status.success());
+    debugfs_script(&img, &script);
     let stat = run(Command::new("debugfs")
         .args(["-R", "stat high/data.bin"])
         .arg(&img));
@@ -547,20 +552,7 @@ fn ext4_64bit_over_16tib_with_data_past_block_2_pow_32() {
     let edit = format!(
         "extent_open high/data.bin\nroot\nreplace_node 0 {blocks} {high}\nextent_close\nfreeb {old} {blocks}\nsetb {high} {blocks}\n"
     );
-    let mut child = Command::new("debugfs")
-        .args(["-w", "-f", "-"])
-        .arg(&img)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(edit.as_bytes())
-        .unwrap();
-    assert!(child.wait_with_output().unwrap().status.success());
+    debugfs_script(&img, &edit);
     let stat = run(Command::new("debugfs")
         .args(["-R", "stat high/data.bin"])
         .arg(&img));
