@@ -145,6 +145,12 @@ impl Layout {
         }
     }
 
+    /// The block holding the primary superblock (byte 1024): 1 with
+    /// 1 KiB blocks, else 0. The descriptor table follows it.
+    pub fn sb_block(&self) -> u64 {
+        crate::superblock::SUPERBLOCK_OFFSET / self.block_size.max(1)
+    }
+
     /// First block of group `g`.
     pub fn group_first_block(&self, sb: &Superblock, g: u64) -> u64 {
         u64::from(sb.s_first_data_block)
@@ -156,9 +162,7 @@ impl Layout {
     pub fn primary_desc_block(&self, sb: &Superblock, i: u64) -> u64 {
         let first_meta = u64::from(sb.s_first_meta_bg);
         if !sb.has_incompat(incompat::META_BG) || i < first_meta {
-            return u64::from(sb.s_first_data_block)
-                .saturating_add(1)
-                .saturating_add(i);
+            return self.sb_block().saturating_add(1).saturating_add(i);
         }
         // meta_bg: descriptor block i lives in the first group of meta
         // group i, after that group's superblock backup if it has one.
@@ -182,7 +186,7 @@ impl Layout {
             if sb.group_has_super(g) {
                 let first = self.group_first_block(sb, g).saturating_add(1);
                 let first = if g == 0 {
-                    u64::from(sb.s_first_data_block).saturating_add(1)
+                    self.sb_block().saturating_add(1)
                 } else {
                     first
                 };

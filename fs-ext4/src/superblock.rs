@@ -15,6 +15,9 @@ pub const EXT4_SUPER_MAGIC: u16 = 0xEF53;
 /// Largest `s_log_block_size`: the kernel supports blocks up to 64 KiB
 /// (`1024 << 6`).
 pub const MAX_LOG_BLOCK_SIZE: u32 = 6;
+/// Largest bigalloc cluster, in blocks, as a power of two (the kernel
+/// allows clusters of up to 2^16 blocks).
+pub const MAX_CLUSTER_RATIO_BITS: u32 = 16;
 /// Smallest on-disk inode record (the ext2 "good old" size).
 pub const MIN_INODE_SIZE: u16 = 128;
 /// Largest group descriptor the kernel accepts (`EXT4_MAX_DESC_SIZE`).
@@ -107,6 +110,9 @@ pub struct Superblock {
     pub s_first_data_block: u32,
     /// Block size is `1024 << s_log_block_size`.
     pub s_log_block_size: u32,
+    /// Cluster size is `1024 << s_log_cluster_size` (bigalloc; else equal
+    /// to the block size).
+    pub s_log_cluster_size: u32,
     /// Blocks per group.
     pub s_blocks_per_group: u32,
     /// Inodes per group.
@@ -196,6 +202,11 @@ impl Superblock {
             s_blocks_count: join64(le32(b, 0x4), if bit64 { le32(b, 0x150) } else { 0 }),
             s_first_data_block: le32(b, 0x14),
             s_log_block_size: le32(b, 0x18),
+            s_log_cluster_size: if le32(b, 0x64) & ro_compat::BIGALLOC != 0 {
+                le32(b, 0x1C)
+            } else {
+                le32(b, 0x18)
+            },
             s_blocks_per_group: le32(b, 0x20),
             s_inodes_per_group: le32(b, 0x28),
             s_magic,
@@ -242,9 +253,20 @@ impl Superblock {
                 self.s_first_data_block
             ));
         }
-        if self.s_blocks_per_group == 0 || self.s_blocks_per_group > bits_per_block {
+        // A group's bitmap is one block: one bit per cluster.
+        let ratio_bits = self.s_log_cluster_size.wrapping_sub(self.s_log_block_size);
+        if ratio_bits > MAX_CLUSTER_RATIO_BITS {
             return Err(format!(
-                "s_blocks_per_group {} not in 1..={bits_per_block}",
+                "s_log_cluster_size {} not in {}..={}",
+                self.s_log_cluster_size,
+                self.s_log_block_size,
+                self.s_log_block_size + MAX_CLUSTER_RATIO_BITS
+            ));
+        }
+        let max_bpg = u64::from(bits_per_block) << ratio_bits;
+        if self.s_blocks_per_group == 0 || u64::from(self.s_blocks_per_group) > max_bpg {
+            return Err(format!(
+                "s_blocks_per_group {} not in 1..={max_bpg}",
                 self.s_blocks_per_group
             ));
         }

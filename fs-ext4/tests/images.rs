@@ -408,3 +408,35 @@ fn partition_window_from_mkfs_offset() {
     let m = &c.model;
     assert!(Reader::new(m).read(m, &part, id) == std::fs::read(src.join("sizes/f4097")).unwrap());
 }
+
+#[test]
+fn ext4_bigalloc_clusters() {
+    check(
+        "ext4",
+        &["-O", "bigalloc", "-C", "16384"],
+        "128M",
+        "ext4",
+        false,
+    );
+    check(
+        "ext4",
+        &["-b", "1024", "-O", "bigalloc,^has_journal", "-C", "16384"],
+        "128M",
+        "ext4",
+        false,
+    );
+}
+
+#[test]
+fn mount_hint_from_s_last_mounted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let image = tmp.path().join("fs.img");
+    mkfs("ext4", &[], &src, &image, "16M");
+    assert_eq!(crawl(&image).model.mount_hint, None);
+    run(std::process::Command::new("tune2fs")
+        .args(["-M", "/srv/data"])
+        .arg(&image));
+    assert_eq!(crawl(&image).model.mount_hint.as_deref(), Some("/srv/data"));
+}
