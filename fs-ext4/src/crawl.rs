@@ -28,8 +28,8 @@ use crate::extent::{ExtentEntry, ExtentNode, MAX_EXTENT_DEPTH};
 use crate::group_desc::{GroupDesc, Layout};
 use crate::indirect::{root_pointers, slot_span, IndirectBlock, EXT4_NDIR_BLOCKS};
 use crate::inode::{
-    Inode, EXT4_EXTENTS_FL, EXT4_HUGE_FILE_FL, EXT4_INLINE_DATA_FL, EXT4_RESIZE_INO, EXT4_ROOT_INO,
-    I_BLOCK_LEN,
+    Inode, EXT4_EA_INODE_FL, EXT4_EXTENTS_FL, EXT4_HUGE_FILE_FL, EXT4_INLINE_DATA_FL,
+    EXT4_RESIZE_INO, EXT4_ROOT_INO, I_BLOCK_LEN,
 };
 use crate::superblock::{compat, incompat, Superblock, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 use crate::xattr::InodeXattrs;
@@ -504,7 +504,8 @@ impl Ctx<'_> {
             Ok(i) => i,
             Err(e) => return out.warn(e),
         };
-        if reserved {
+        // An inode holding a large xattr value (ea_inode) is internal too.
+        if reserved || inode.has_flag(EXT4_EA_INODE_FL) {
             let kind = if ino == self.journal_ino {
                 Kind::Journal
             } else {
@@ -548,7 +549,7 @@ impl Ctx<'_> {
             _ => {
                 // Devices, FIFOs, sockets: i_block holds no blocks.
                 out.files.push((ino, rec_out));
-                self.note_xattr_block(out, &inode, ino);
+                self.note_xattr_block(out, &inode, ino, off);
                 return;
             }
         };
@@ -573,11 +574,11 @@ impl Ctx<'_> {
         } else {
             self.map_blocks(out, &inode, owned, off);
         }
-        self.note_xattr_block(out, &inode, ino);
+        self.note_xattr_block(out, &inode, ino, off);
         out.files.push((ino, rec_out));
     }
 
-    fn note_xattr_block(&self, out: &mut Out, inode: &Inode, ino: u64) {
+    fn note_xattr_block(&self, out: &mut Out, inode: &Inode, ino: u64, off: u64) {
         let b = inode.i_file_acl;
         if b == 0 {
             return;
@@ -585,7 +586,7 @@ impl Ctx<'_> {
         if b >= self.blocks_count() {
             return out.warn(Error::corrupt(
                 "ext4 inode",
-                0,
+                off,
                 format!("inode {ino}: i_file_acl {b} past the last block"),
             ));
         }
