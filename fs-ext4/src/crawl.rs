@@ -229,6 +229,7 @@ pub fn crawl(dev: &dyn BlockDevice, progress: &dyn Progress) -> Result<Crawl> {
         }
     }
     work.sort_by_key(|w| w.table);
+    let work = ctx.drop_overlapping_tables(work, &mut out);
     let total: u64 = work.iter().map(|w| u64::from(w.used)).sum();
     progress.set_total(total);
     if total >= PARALLEL_MIN_INODES && work.len() > 1 {
@@ -454,6 +455,36 @@ impl Ctx<'_> {
             out.runs
                 .push((gd.bg_inode_table, table_blocks, Owner::InodeTable { group }));
         }
+    }
+
+    /// Drops groups whose inode table overlaps an earlier one or runs past
+    /// the file system (`work` is sorted by table block). Without this, a
+    /// hostile image could point every group at the same table and make a
+    /// small device yield an unbounded number of inodes; with it, the
+    /// inode bytes read never exceed the device size.
+    fn drop_overlapping_tables(&self, work: Vec<TableWork>, out: &mut Out) -> Vec<TableWork> {
+        let table_blocks = u64::from(self.sb.s_inodes_per_group)
+            .saturating_mul(u64::from(self.sb.s_inode_size))
+            .div_ceil(self.bs);
+        let mut kept = Vec::with_capacity(work.len());
+        let mut end = 0u64;
+        for w in work {
+            let w_end = w.table.saturating_add(table_blocks);
+            if w.table < end || w_end > self.blocks_count() {
+                out.warn(Error::corrupt(
+                    "ext4 group descriptor",
+                    self.byte(w.table),
+                    format!(
+                        "group {}: inode table at block {} overlaps another group's or the end; skipped",
+                        w.group, w.table
+                    ),
+                ));
+                continue;
+            }
+            end = w_end;
+            kept.push(w);
+        }
+        kept
     }
 
     /// Reads the used part of the inode tables in `work`.

@@ -283,3 +283,26 @@ fn bad_superblock_checksum_is_a_warning() {
     assert_eq!(warnings_about(&c, "s_checksum"), 1, "{:#?}", c.warnings);
     assert!(c.model.files.len() > 40);
 }
+
+#[test]
+fn groups_sharing_one_inode_table_are_read_once() {
+    // Point group 1's inode table at group 0's: without the overlap check
+    // the same inodes would be read twice under other numbers.
+    let (_t, img) = image(&["-O", "^metadata_csum,^uninit_bg,^flex_bg,^64bit"]);
+    let before = crawl(&img);
+    let bs = u64::from(before.model.block_size);
+    let gdt = if bs == 1024 { 2048 } else { bs };
+    let dev = FileDevice::open(&img).unwrap();
+    use gammaray_core::BlockDevice;
+    let mut d0 = [0u8; 32];
+    dev.read_at(gdt, &mut d0).unwrap();
+    patch(&img, gdt + 32 + 8, &d0[8..12]);
+    let c = crawl(&img);
+    assert_eq!(
+        warnings_about(&c, "overlaps another group"),
+        1,
+        "{:#?}",
+        c.warnings
+    );
+    assert_eq!(c.model.files.len(), before.model.files.len());
+}
