@@ -476,3 +476,59 @@ fn ea_inode_values_are_not_files() {
     assert!(ids.contains(&f));
     compare(&image, &c, &src, false);
 }
+
+#[test]
+fn inline_directory_continued_in_system_data() {
+    // mkfs and debugfs turn a full inline directory into a block one; the
+    // kernel instead continues it in the system.data xattr. Build that by
+    // hand: add a dirent for "spilled" (-> e1's inode) as system.data and
+    // grow i_size past 60; debugfs's listing is the ground truth.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("four")).unwrap();
+    for i in 1..=3 {
+        std::fs::write(src.join(format!("four/e{i}")), b"s").unwrap();
+    }
+    let image = tmp.path().join("fs.img");
+    mkfs("ext4", &["-O", "inline_data"], &src, &image, "16M");
+    let c = crawl(&image);
+    let p = paths(&c.model);
+    let e1 = p[std::path::Path::new("/four/e1")];
+    let mut val = Vec::new();
+    val.extend_from_slice(&(e1 as u32).to_le_bytes());
+    val.extend_from_slice(&40u16.to_le_bytes());
+    val.extend_from_slice(&[7, 1]);
+    val.extend_from_slice(b"spilled");
+    val.resize(40, 0);
+    let val_path = tmp.path().join("val");
+    std::fs::write(&val_path, &val).unwrap();
+    for cmd in [
+        format!("ea_set -f {} /four system.data", val_path.display()),
+        "sif /four size 100".to_string(),
+    ] {
+        run(std::process::Command::new("debugfs")
+            .arg("-w")
+            .arg("-R")
+            .arg(cmd)
+            .arg(&image));
+    }
+    let ls = output(
+        std::process::Command::new("debugfs")
+            .arg("-R")
+            .arg("ls /four")
+            .arg(&image),
+    );
+    assert!(ls.contains("spilled"), "debugfs: {ls}");
+    let c = crawl(&image);
+    assert!(c.warnings.is_empty(), "{:#?}", c.warnings);
+    let four = paths(&c.model)[std::path::Path::new("/four")];
+    let mut names: Vec<String> = c
+        .model
+        .tree
+        .entries(four)
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["e1", "e2", "e3", "spilled"]);
+}

@@ -77,6 +77,7 @@ pub fn build_tree(root: &Path) {
         w(&format!("sizes/f{size}"), &pattern(i as u64 + 1, size));
     }
     w("a/b/c/d/e/deep.txt", b"deep\n");
+
     w("names/with space", b"x");
     w("names/caf\u{e9}", b"y");
     w(&format!("names/{}", "n".repeat(255)), b"long name");
