@@ -162,8 +162,9 @@ struct Ctx<'a> {
     inode_size: usize,
     filetype: bool,
     journal_ino: u64,
-    /// The orphan file: hidden like a reserved inode.
-    orphan_ino: u64,
+    /// The orphan file and quota files: hidden like reserved inodes
+    /// (0 = none).
+    hidden_inos: [u64; 4],
 }
 
 /// Reads and validates the primary superblock of `dev`.
@@ -189,7 +190,12 @@ pub fn crawl(dev: &dyn BlockDevice, progress: &dyn Progress) -> Result<Crawl> {
         } else {
             0
         },
-        orphan_ino: u64::from(sb.s_orphan_file_inum),
+        hidden_inos: [
+            u64::from(sb.s_orphan_file_inum),
+            u64::from(sb.s_quota_inums[0]),
+            u64::from(sb.s_quota_inums[1]),
+            u64::from(sb.s_quota_inums[2]),
+        ],
         sb,
     };
     let mut out = Out::default();
@@ -521,7 +527,7 @@ impl Ctx<'_> {
     /// Handles one inode record.
     fn inode(&self, out: &mut Out, ino: u64, rec: &[u8], off: u64) {
         let reserved = (ino < u64::from(self.sb.s_first_ino) && ino != u64::from(EXT4_ROOT_INO))
-            || ino == self.orphan_ino;
+            || self.hidden_inos.contains(&ino);
         // Fast path: a free inode (no links) is skipped without parsing.
         if !reserved && le16(rec, 0x1A) == 0 {
             return;
@@ -667,8 +673,7 @@ impl Ctx<'_> {
         };
         match rec_out.ftype {
             FileType::Dir => {
-                let parent = le32(&inode.i_block, 0);
-                let _ = parent;
+                // i_block: the parent's inode (4 bytes, `..`), then entries.
                 let first = inode.i_block.get(4..).unwrap_or(&[]);
                 let bs = usize::try_from(self.bs).unwrap_or(usize::MAX);
                 for (part, part_off) in [(first, at(off, 0x28 + 4)), (extra, area_off)] {

@@ -93,6 +93,8 @@ pub mod ro_compat {
     pub const EXTRA_ISIZE: u32 = 0x40;
     /// Quota inodes.
     pub const QUOTA: u32 = 0x100;
+    /// Project ids.
+    pub const PROJECT: u32 = 0x2000;
     /// Allocation in clusters.
     pub const BIGALLOC: u32 = 0x200;
     /// crc32c checksums on all metadata.
@@ -147,6 +149,8 @@ pub struct Superblock {
     pub s_backup_bgs: [u32; 2],
     /// The hidden orphan file's inode (orphan_file feature), else 0.
     pub s_orphan_file_inum: u32,
+    /// Quota inodes (user, group, project) with the quota feature, else 0.
+    pub s_quota_inums: [u32; 3],
     /// File-system UUID.
     pub s_uuid: [u8; 16],
     /// Seed of every metadata checksum (`s_checksum_seed` with csum_seed,
@@ -226,6 +230,11 @@ impl Superblock {
             s_uuid,
             csum_seed,
             csum_ok,
+            s_quota_inums: if le32(b, 0x64) & ro_compat::QUOTA != 0 {
+                [le32(b, 0x240), le32(b, 0x244), le32(b, 0x26C)]
+            } else {
+                [0; 3]
+            },
             s_orphan_file_inum: if le32(b, 0x5C) & compat::ORPHAN_FILE != 0 {
                 le32(b, 0x280)
             } else {

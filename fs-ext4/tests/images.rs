@@ -532,3 +532,29 @@ fn inline_directory_continued_in_system_data() {
     names.sort();
     assert_eq!(names, ["e1", "e2", "e3", "spilled"]);
 }
+
+#[test]
+fn ext4_quota_inodes_stay_hidden() {
+    // No fsck_clean: mkfs -d does not account the copied files in the
+    // quota files, which e2fsck reports.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    build_tree(&src);
+    let image = tmp.path().join("fs.img");
+    mkfs("ext4", &["-O", "quota,project"], &src, &image, "64M");
+    let c = crawl(&image);
+    assert!(c.warnings.is_empty(), "{:#?}", c.warnings);
+    compare(&image, &c, &src, false);
+    let reachable: std::collections::BTreeSet<u64> = paths(&c.model).values().copied().collect();
+    for id in c.model.files.keys() {
+        assert!(*id == 2 || reachable.contains(id), "inode {id} unreachable");
+    }
+    // The quota files' blocks are mapped as metadata.
+    assert!(c
+        .model
+        .blocks
+        .runs()
+        .iter()
+        .any(|r| r.owner == Owner::OtherMetadata));
+}
