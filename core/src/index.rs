@@ -485,7 +485,10 @@ fn col<'a>(d: &'a bson::RawDocument, key: &'static str) -> std::result::Result<R
     Ok(Reader::new(get_bin(d, key)?, key))
 }
 
-fn read_files(d: &bson::RawDocument, out: &mut Vec<(u64, FileRecord)>) -> std::result::Result<(), String> {
+fn read_files(
+    d: &bson::RawDocument,
+    out: &mut Vec<(u64, FileRecord)>,
+) -> std::result::Result<(), String> {
     let n = rows(d)?;
     let e = |e: Error| e.to_string();
     let ftype = get_bin(d, "type")?;
