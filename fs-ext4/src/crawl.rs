@@ -244,7 +244,7 @@ pub fn crawl(dev: &dyn BlockDevice, progress: &dyn Progress) -> Result<Crawl> {
             .iter()
             .position(|w| {
                 acc += u64::from(w.used);
-                acc * 2 >= total
+                acc.saturating_mul(2) >= total
             })
             .map_or(work.len(), |p| p + 1)
             .min(work.len());
@@ -273,8 +273,6 @@ pub fn crawl(dev: &dyn BlockDevice, progress: &dyn Progress) -> Result<Crawl> {
     ctx.walk_indirect_blocks(&mut out);
     ctx.map_xattr_blocks(&mut out);
 
-    // The file map and the block map are built on a second thread while
-    // this one reads the directories.
     let files = std::mem::take(&mut out.files);
     let runs = std::mem::take(&mut out.runs);
     let entries = std::mem::take(&mut out.entries);
