@@ -46,13 +46,13 @@ struct Args {
     )]
     configs: Vec<String>,
     /// Number of large files written with `dd conv=fsync`.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     big_files: u32,
     /// Size of each large file in MiB.
     #[arg(long, default_value_t = 64)]
     big_mib: u32,
     /// Number of small files.
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 12000)]
     small: u32,
     /// `sync` after every this many small files.
     #[arg(long, default_value_t = 250)]
@@ -114,6 +114,10 @@ struct Sample {
     round: usize,
     /// Workload time measured in the guest.
     guest_s: f64,
+    /// The `dd` phase, in the guest.
+    big_s: f64,
+    /// The small-file phase, in the guest.
+    small_s: f64,
     /// Workload time measured on the host (between the pacing points).
     host_s: f64,
     /// QEMU start to exit (boot, workload, unmount, power-off).
@@ -302,11 +306,16 @@ fn run_one(
         config,
         round,
         guest_s,
+        big_s,
+        small_s,
         host_s,
         total_s,
         capture,
     })
 }
+
+/// Picks one measurement out of a [`Sample`].
+type Field = fn(&Sample) -> f64;
 
 fn load() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -359,6 +368,7 @@ fn main() -> anyhow::Result<()> {
                 "{}\n",
                 serde_json::json!({
                     "config": s.config.name(), "round": s.round, "guest_s": s.guest_s,
+                    "dd_s": s.big_s, "small_s": s.small_s,
                     "host_s": s.host_s, "qemu_total_s": s.total_s, "load1": load(),
                     "capture": s.capture,
                 })
@@ -373,28 +383,38 @@ fn main() -> anyhow::Result<()> {
         let min = v.iter().copied().fold(f64::INFINITY, f64::min);
         (median(&mut v), min)
     };
-    let plain_guest = configs
-        .contains(&Config::Plain)
-        .then(|| stats(Config::Plain, |s| s.guest_s));
-    let plain_host = configs
-        .contains(&Config::Plain)
-        .then(|| stats(Config::Plain, |s| s.host_s));
+    let plain = |f: fn(&Sample) -> f64| {
+        configs
+            .contains(&Config::Plain)
+            .then(|| stats(Config::Plain, f))
+    };
+    let ratio = |x: f64, base: Option<f64>| {
+        base.map_or_else(|| "-".to_string(), |b| format!("{:.3}", x / b))
+    };
+    let fields: [(&str, Field); 4] = [
+        ("whole workload (guest)", |s| s.guest_s),
+        ("dd phase (guest)", |s| s.big_s),
+        ("small-file phase (guest)", |s| s.small_s),
+        ("whole workload (host)", |s| s.host_s),
+    ];
     println!();
-    println!("| configuration | guest s median | guest s min | host s median | host s min | QEMU run s median | ratio (guest median) | ratio (guest min) | ratio (host median) |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| configuration | measured | median s | min s | ratio of medians | ratio of mins |");
+    println!("|---|---|---|---|---|---|");
     for &c in &configs {
-        let (gm, gmin) = stats(c, |s| s.guest_s);
-        let (hm, hmin) = stats(c, |s| s.host_s);
-        let (tm, _) = stats(c, |s| s.total_s);
-        let ratio = |x: f64, base: Option<f64>| {
-            base.map_or_else(|| "-".to_string(), |b| format!("{:.3}", x / b))
-        };
+        for (what, f) in fields {
+            let (m, min) = stats(c, f);
+            let p = plain(f);
+            println!(
+                "| {} | {what} | {m:.2} | {min:.2} | {} | {} |",
+                c.label(),
+                ratio(m, p.map(|p| p.0)),
+                ratio(min, p.map(|p| p.1)),
+            );
+        }
+        let (tm, tmin) = stats(c, |s| s.total_s);
         println!(
-            "| {} | {gm:.2} | {gmin:.2} | {hm:.2} | {hmin:.2} | {tm:.2} | {} | {} | {} |",
-            c.label(),
-            ratio(gm, plain_guest.map(|p| p.0)),
-            ratio(gmin, plain_guest.map(|p| p.1)),
-            ratio(hm, plain_host.map(|p| p.0)),
+            "| {} | QEMU run incl. boot (host) | {tm:.2} | {tmin:.2} | | |",
+            c.label()
         );
     }
     println!("\nraw results: {}", results.display());
