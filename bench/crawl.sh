@@ -41,8 +41,8 @@ measure() { # prints "wall_s peak_rss_kib" of a command, output discarded
   cat "$out/time.txt"
 }
 
-printf '| files | gammaray crawl s | fls -r -l -p s | e2fsck -fn s | crawl peak RSS MiB | index B/file | index load s | load RSS B/file |\n'
-printf '|---|---|---|---|---|---|---|---|\n'
+printf '| files | gammaray crawl s | fls -r -l -p s | e2fsck -fn s | crawl peak RSS MiB | index B/file | index load s | resident B/file after load | peak RSS B/file during load |\n'
+printf '|---|---|---|---|---|---|---|---|---|\n'
 for n in "${counts[@]}"; do
   img="$out/ext4-$n.img"
   make_image "$n" "$img"
@@ -59,13 +59,11 @@ for n in "${counts[@]}"; do
   files=$(sed -n 's/.* \([0-9][0-9]*\) files in.*/\1/p' "$out/summary.txt")
   idx_bytes=$(stat -c %s "$idx")
   read -r l_s l_rss < <(measure "$bin" crawl "$img" --load "$idx")
-  load_time=$("$bin" crawl "$img" --load "$idx" 2>&1 | sed -n 's/.* in \([0-9.]*\) s.*/\1/p')
-  # Baseline: the same binary loading nothing (an empty image's index).
-  python3 -c "open('$out/empty.img','wb').truncate(1<<20)"
-  "$bin" crawl "$out/empty.img" -o "$out/empty.gammaray" 2>/dev/null
-  read -r _ base_rss < <(measure "$bin" crawl "$out/empty.img" --load "$out/empty.gammaray")
+  "$bin" crawl "$img" --load "$idx" 2> "$out/load.txt"
+  load_time=$(sed -n 's/.* in \([0-9.]*\) s.*/\1/p' "$out/load.txt")
+  per_file=$(sed -n 's/.*(\([0-9]*\) B\/file).*/\1/p' "$out/load.txt")
   awk -v n="$files" -v g="$g_s" -v f="$f_s" -v e="$e_s" -v rss="$g_rss" -v ib="$idx_bytes" \
-      -v lt="$load_time" -v lr="$l_rss" -v br="$base_rss" 'BEGIN {
-    printf "| %d | %.2f | %.2f | %.2f | %.0f | %.1f | %.3f | %.0f |\n",
-      n, g, f, e, rss/1024, ib/n, lt, (lr-br)*1024/n }'
+      -v lt="$load_time" -v lr="$l_rss" -v pf="$per_file" 'BEGIN {
+    printf "| %d | %.2f | %.2f | %.2f | %.0f | %.1f | %.3f | %d | %.0f |\n",
+      n, g, f, e, rss/1024, ib/n, lt, pf, lr*1024/n }'
 done

@@ -161,6 +161,13 @@ fn fs_names(index: &DiskIndex) -> String {
     }
 }
 
+/// This process's resident set size, from `/proc/self/statm` (Linux).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.3} s", d.as_secs_f64())
 }
@@ -172,14 +179,24 @@ pub fn run(args: &CrawlArgs) -> Result<()> {
         .with_context(|| format!("opening disk image {}", args.disk.display()))?;
     let started = Instant::now();
     let (index, summary) = if let Some(load) = &args.load {
+        let before = resident_bytes();
         let index = index::read_index(load)?;
         let took = started.elapsed();
+        let files = count_files(&index);
+        let resident = match (before, resident_bytes()) {
+            (Some(b), Some(a)) => format!(
+                "; resident +{} bytes ({:.0} B/file)",
+                a.saturating_sub(b),
+                a.saturating_sub(b) as f64 / files.max(1) as f64
+            ),
+            _ => String::new(),
+        };
         let summary = format!(
-            "loaded {}: {} file systems ({}), {} files in {}",
+            "loaded {}: {} file systems ({}), {} files in {}{resident}",
             load.display(),
             index.filesystems.len(),
             fs_names(&index),
-            count_files(&index),
+            files,
             secs(took)
         );
         (index, summary)
