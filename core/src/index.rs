@@ -356,6 +356,7 @@ pub fn read_index(path: &Path) -> Result<DiskIndex> {
     }
     for (part, m) in &mut index.filesystems {
         m.blocks.finish();
+        m.tree.shrink_to_fit();
         if let Some(pos) = pending.iter().position(|(p, _)| p == part) {
             let (_, files) = pending.swap_remove(pos);
             m.files = files.into_iter().collect();

@@ -38,6 +38,7 @@ pub mod fs;
 pub mod index;
 pub mod listing;
 pub mod model;
+pub mod name;
 pub mod partition;
 pub mod varint;
 pub mod write;

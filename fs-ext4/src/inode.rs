@@ -169,7 +169,7 @@ mod tests {
         assert_eq!(ino.file_type(), Some(FileType::File));
         assert_eq!(ino.i_uid, 65536 + 1000);
         assert_eq!(ino.i_size, (1 << 32) + 5);
-        assert_eq!(ino.i_mtime.sec, 1_700_000_000 + (1 << 32));
+        assert_eq!({ ino.i_mtime.sec }, 1_700_000_000 + (1 << 32));
         assert_eq!(ino.i_mtime.nsec, 123);
     }
 
@@ -178,7 +178,7 @@ mod tests {
         let mut b = vec![0u8; 128];
         b[0x10..0x14].copy_from_slice(&(-5i32).to_le_bytes());
         let ino = Inode::from_bytes(&b, 128, 0).unwrap();
-        assert_eq!(ino.i_mtime.sec, -5);
+        assert_eq!({ ino.i_mtime.sec }, -5);
     }
 
     #[test]

@@ -247,7 +247,7 @@ fn extra_time_fields_nanoseconds_and_epoch_bits() {
     let f = &c.model.files[&id];
     let base = std::fs::metadata(src.join("sizes/f0")).unwrap();
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(f.mtime.sec, base.mtime() + (1i64 << 32));
+    assert_eq!({ f.mtime.sec }, base.mtime() + (1i64 << 32));
     assert_eq!(f.mtime.nsec, 123_456_789);
     assert!(f.crtime.sec > 0, "ext4 records crtime");
 }

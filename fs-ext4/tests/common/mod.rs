@@ -277,7 +277,7 @@ pub fn compare(image: &Path, crawl: &Crawl, src: &Path, nsec: bool) {
         assert_eq!(f.ftype, ft, "{rel:?} type");
         assert_eq!(u32::from(f.mode), md.mode() & 0o7777, "{rel:?} mode");
         assert_eq!((f.uid, f.gid), (md.uid(), md.gid()), "{rel:?} owner");
-        assert_eq!(f.mtime.sec, md.mtime(), "{rel:?} mtime");
+        assert_eq!({ f.mtime.sec }, md.mtime(), "{rel:?} mtime");
         if nsec {
             assert_eq!(i64::from(f.mtime.nsec), md.mtime_nsec(), "{rel:?} mtime ns");
         }
