@@ -90,14 +90,7 @@ impl ImageExport {
     }
 
     fn next(&self, ts_ns: u64, offset: u64, len: u64, data: Bytes, flags: WriteFlags) -> DiskWrite {
-        DiskWrite {
-            seq: self.seq.fetch_add(1, Ordering::Relaxed),
-            ts_ns,
-            offset,
-            len,
-            data,
-            flags,
-        }
+        stamp(&self.seq, ts_ns, offset, len, data, flags)
     }
 
     /// Reads the widened range around `[offset, offset+len)` back from the image.
@@ -118,6 +111,25 @@ impl ImageExport {
 
     fn aligned(offset: u64, len: u64) -> bool {
         offset % REPORT_SECTOR == 0 && len % REPORT_SECTOR == 0
+    }
+}
+
+/// A `DiskWrite` with the next sequence number of `seq`.
+fn stamp(
+    seq: &AtomicU64,
+    ts_ns: u64,
+    offset: u64,
+    len: u64,
+    data: Bytes,
+    flags: WriteFlags,
+) -> DiskWrite {
+    DiskWrite {
+        seq: seq.fetch_add(1, Ordering::Relaxed),
+        ts_ns,
+        offset,
+        len,
+        data,
+        flags,
     }
 }
 
@@ -147,6 +159,10 @@ impl SinkExport {
     /// How many reads clients made (expected: none).
     pub fn reads(&self) -> u64 {
         self.reads.load(Ordering::Relaxed)
+    }
+
+    fn next(&self, ts_ns: u64, offset: u64, len: u64, data: Bytes, flags: WriteFlags) -> DiskWrite {
+        stamp(&self.seq, ts_ns, offset, len, data, flags)
     }
 }
 
@@ -292,14 +308,7 @@ impl Export {
                 deliver(&e.tx, w).await
             }
             Export::Sink(e) => {
-                let w = DiskWrite {
-                    seq: e.seq.fetch_add(1, Ordering::Relaxed),
-                    ts_ns,
-                    offset,
-                    len: data.len() as u64,
-                    data,
-                    flags,
-                };
+                let w = e.next(ts_ns, offset, data.len() as u64, data, flags);
                 deliver(&e.tx, w).await
             }
             Export::Log(e) => e.feed(ts_ns, |a| a.write(offset, data)).await,
@@ -382,14 +391,7 @@ impl Export {
                 Ok(())
             }
             Export::Sink(e) => {
-                let w = DiskWrite {
-                    seq: e.seq.fetch_add(1, Ordering::Relaxed),
-                    ts_ns,
-                    offset,
-                    len,
-                    data: Bytes::new(),
-                    flags,
-                };
+                let w = e.next(ts_ns, offset, len, Bytes::new(), flags);
                 deliver(&e.tx, w).await
             }
             Export::Log(e) => e.feed(ts_ns, |a| a.write_zeroes(offset, len)).await,
@@ -410,14 +412,7 @@ impl Export {
                 Ok(())
             }
             Export::Sink(e) => {
-                let w = DiskWrite {
-                    seq: e.seq.fetch_add(1, Ordering::Relaxed),
-                    ts_ns,
-                    offset,
-                    len,
-                    data: Bytes::new(),
-                    flags: WriteFlags::DISCARD,
-                };
+                let w = e.next(ts_ns, offset, len, Bytes::new(), WriteFlags::DISCARD);
                 deliver(&e.tx, w).await
             }
             Export::Log(_) => {
@@ -436,12 +431,7 @@ impl Export {
                 deliver(&e.tx, w).await
             }
             Export::Sink(e) => {
-                let w = DiskWrite {
-                    seq: e.seq.fetch_add(1, Ordering::Relaxed),
-                    ts_ns,
-                    flags: WriteFlags::FLUSH,
-                    ..Default::default()
-                };
+                let w = e.next(ts_ns, 0, 0, Bytes::new(), WriteFlags::FLUSH);
                 deliver(&e.tx, w).await
             }
             // The guest's flushes are entries in the log stream itself.
