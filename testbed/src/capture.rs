@@ -11,7 +11,7 @@ use crate::disk;
 use crate::error::{Error, IoContext, Result};
 use crate::pace::Pacer;
 use crate::qemu::{Drive, Guest, RunSpec, DISK_NODE};
-use crate::record::{write_truth, RecordSpec, Recording};
+use crate::record::{RecordSpec, Recording};
 
 /// The environment variable naming a prebuilt `gammaray` binary.
 pub const GAMMARAY_BIN_ENV: &str = "GAMMARAY_BIN";
@@ -330,17 +330,5 @@ pub fn record_capture(guest: &Guest, spec: &RecordSpec, path: CapturePath) -> Re
             }
         }
     };
-    write_truth(dir, &out.truth)?;
-    Ok(Recording {
-        dir: dir.clone(),
-        base,
-        final_img,
-        trace,
-        truth_path: dir.join("truth.jsonl"),
-        ops_path: dir.join("ops.txt"),
-        serial: out.serial,
-        truth: out.truth,
-        prepare_time,
-        guest_time: out.elapsed,
-    })
+    crate::record::finish(dir, base, final_img, trace, out, prepare_time)
 }

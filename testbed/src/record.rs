@@ -10,7 +10,7 @@ use crate::disk;
 use crate::error::{IoContext, Result};
 use crate::listing;
 use crate::pace::Pacer;
-use crate::qemu::{Drive, FsKind, Guest, RunSpec};
+use crate::qemu::{Drive, FsKind, Guest, GuestOutput, RunSpec};
 use crate::truth::{Snapshot, Truth};
 use crate::workload::Workload;
 
@@ -203,9 +203,22 @@ pub fn record_with(guest: &Guest, spec: &RecordSpec) -> Result<Recording> {
         names = out.truth.listing.len(),
         "recorded"
     );
+    finish(dir, base, final_img, trace, out, prepare_time)
+}
+
+/// Writes the run's ground truth into `dir` and assembles its
+/// [`Recording`].
+pub(crate) fn finish(
+    dir: &Path,
+    base: PathBuf,
+    final_img: PathBuf,
+    trace: PathBuf,
+    out: GuestOutput,
+    prepare_time: Duration,
+) -> Result<Recording> {
     write_truth(dir, &out.truth)?;
     Ok(Recording {
-        dir: dir.clone(),
+        dir: dir.to_path_buf(),
         base,
         final_img,
         trace,
