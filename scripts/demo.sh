@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup-host.sh
 cargo build --release -p gammaray
 bash scripts/make-demo-image.sh work/demo.img
-./target/release/gammaray crawl work/demo.img --list --hash | head -n 40
-echo "(index written to work/demo.img.gammaray)"
+./target/release/gammaray crawl work/demo.img --list --hash > work/demo.listing.jsonl
+head -n 40 work/demo.listing.jsonl
+echo "(state listing in work/demo.listing.jsonl, index in work/demo.img.gammaray)"
