@@ -7,7 +7,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::disk;
 use crate::error::{Error, IoContext, Result};
 use crate::pace::Pacer;
 use crate::qemu::{Drive, Guest, RunSpec, DISK_NODE};
@@ -272,17 +271,12 @@ impl Drop for CaptureProcess {
 pub fn record_capture(guest: &Guest, spec: &RecordSpec, path: CapturePath) -> Result<Recording> {
     let bin = gammaray_binary()?;
     let dir = &spec.out;
-    std::fs::create_dir_all(dir).ctx("creating", dir)?;
-    let t0 = Instant::now();
-    let base = dir.join("base.img");
-    let final_img = dir.join("final.img");
-    let trace = dir.join("trace.log");
-    for f in [&base, &final_img, &trace] {
-        let _ = std::fs::remove_file(f);
-    }
-    disk::make_base_image(spec.fs, &base, spec.disk_mib)?;
-    std::fs::copy(&base, &final_img).ctx("copying base image to", &final_img)?;
-    let prepare_time = t0.elapsed();
+    let crate::record::Prepared {
+        base,
+        final_img,
+        trace,
+        prepare_time,
+    } = crate::record::prepare(spec)?;
     let cap_err = dir.join("capture.stderr");
     let step = spec.timeout;
 

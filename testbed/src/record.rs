@@ -146,18 +146,13 @@ pub fn record(spec: &RecordSpec) -> Result<Recording> {
 /// Like [`record`], with a guest already set up.
 pub fn record_with(guest: &Guest, spec: &RecordSpec) -> Result<Recording> {
     let dir = &spec.out;
-    std::fs::create_dir_all(dir).ctx("creating", dir)?;
-    let t0 = Instant::now();
-    let base = dir.join("base.img");
-    let final_img = dir.join("final.img");
-    let trace = dir.join("trace.log");
-    for f in [&base, &final_img, &trace] {
-        let _ = std::fs::remove_file(f);
-    }
-    disk::make_base_image(spec.fs, &base, spec.disk_mib)?;
-    std::fs::copy(&base, &final_img).ctx("copying base image to", &final_img)?;
+    let Prepared {
+        base,
+        final_img,
+        trace,
+        prepare_time,
+    } = prepare(spec)?;
     std::fs::File::create(&trace).ctx("creating", &trace)?;
-    let prepare_time = t0.elapsed();
 
     let mut run = RunSpec::new(
         dir,
@@ -204,6 +199,36 @@ pub fn record_with(guest: &Guest, spec: &RecordSpec) -> Result<Recording> {
         "recorded"
     );
     finish(dir, base, final_img, trace, out, prepare_time)
+}
+
+/// The files of a run about to start, and how long making them took.
+pub(crate) struct Prepared {
+    pub(crate) base: PathBuf,
+    pub(crate) final_img: PathBuf,
+    pub(crate) trace: PathBuf,
+    pub(crate) prepare_time: Duration,
+}
+
+/// Creates `spec.out`, removes a previous run's files, makes a fresh
+/// `base.img` and copies it to `final.img` (the disk the guest will use).
+pub(crate) fn prepare(spec: &RecordSpec) -> Result<Prepared> {
+    let dir = &spec.out;
+    std::fs::create_dir_all(dir).ctx("creating", dir)?;
+    let t0 = Instant::now();
+    let base = dir.join("base.img");
+    let final_img = dir.join("final.img");
+    let trace = dir.join("trace.log");
+    for f in [&base, &final_img, &trace] {
+        let _ = std::fs::remove_file(f);
+    }
+    disk::make_base_image(spec.fs, &base, spec.disk_mib)?;
+    std::fs::copy(&base, &final_img).ctx("copying base image to", &final_img)?;
+    Ok(Prepared {
+        base,
+        final_img,
+        trace,
+        prepare_time: t0.elapsed(),
+    })
 }
 
 /// Writes the run's ground truth into `dir` and assembles its
