@@ -422,19 +422,10 @@ fn partitioned(label: &str, script: &str, parts: &[(u32, u64)]) {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk.img");
     fs::File::create(&disk).unwrap().set_len(200 << 20).unwrap();
-    let mut child = Command::new("sfdisk")
-        .arg("-q")
-        .arg(&disk)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("label: {label}\n{script}").as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    run_with_input(
+        Command::new("sfdisk").arg("-q").arg(&disk),
+        &format!("label: {label}\n{script}"),
+    );
     let mut wants = Vec::new();
     for (i, (part, start_mib)) in parts.iter().enumerate() {
         let src = dir.path().join(format!("src{part}"));
@@ -492,22 +483,29 @@ fn gpt_matches_sources() {
     );
 }
 
-/// Runs a debugfs command script read-write against `img`.
-fn debugfs_script(img: &Path, script: &str) {
-    let mut child = Command::new("debugfs")
-        .args(["-w", "-f", "-"])
-        .arg(img)
+/// Runs `cmd` with `input` on its stdin; it must succeed.
+fn run_with_input(cmd: &mut Command, input: &str) {
+    let mut child = cmd
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     child
         .stdin
         .take()
         .unwrap()
-        .write_all(script.as_bytes())
+        .write_all(input.as_bytes())
         .unwrap();
-    assert!(child.wait_with_output().unwrap().status.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{cmd:?} failed");
+}
+
+/// Runs a debugfs command script read-write against `img`.
+fn debugfs_script(img: &Path, script: &str) {
+    run_with_input(
+        Command::new("debugfs").args(["-w", "-f", "-"]).arg(img),
+        script,
+    );
 }
 
 /// A 64bit file system larger than 16 TiB (a sparse image on tmpfs: the
