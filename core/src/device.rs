@@ -135,8 +135,62 @@ impl BlockDevice for SliceDevice<'_> {
     }
 }
 
+/// Another device with some bytes written over it: what the device reads
+/// like after a write that has not been applied yet.
+pub struct PatchedDevice<'a> {
+    inner: &'a dyn BlockDevice,
+    offset: u64,
+    data: &'a [u8],
+}
+
+impl<'a> PatchedDevice<'a> {
+    /// `inner` with `data` at byte `offset` (clipped to `inner`'s size).
+    pub fn new(inner: &'a dyn BlockDevice, offset: u64, data: &'a [u8]) -> Self {
+        PatchedDevice {
+            inner,
+            offset,
+            data,
+        }
+    }
+}
+
+impl BlockDevice for PatchedDevice<'_> {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.inner.read_at(offset, buf)?;
+        let end = offset.saturating_add(buf.len() as u64);
+        let p_end = self.offset.saturating_add(self.data.len() as u64);
+        let lo = offset.max(self.offset);
+        let hi = end.min(p_end);
+        if lo < hi {
+            // Both differences are below the lengths of in-memory slices.
+            let (b, d) = ((lo - offset) as usize, (lo - self.offset) as usize);
+            let n = (hi - lo) as usize;
+            if let (Some(dst), Some(src)) = (buf.get_mut(b..b + n), self.data.get(d..d + n)) {
+                dst.copy_from_slice(src);
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn patched_device_overlays_the_write() {
+        let disk = vec![0u8; 16];
+        let p = PatchedDevice::new(&disk, 4, &[1, 2, 3]);
+        let mut buf = [9u8; 6];
+        p.read_at(2, &mut buf).unwrap();
+        assert_eq!(buf, [0, 0, 1, 2, 3, 0]);
+        let mut one = [0u8; 1];
+        p.read_at(6, &mut one).unwrap();
+        assert_eq!(one, [3]);
+    }
+
     use super::*;
 
     #[test]

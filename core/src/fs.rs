@@ -2,6 +2,7 @@
 
 use crate::device::BlockDevice;
 use crate::error::{Error, Result};
+use crate::infer::{InferConfig, Inference};
 use crate::model::FsModel;
 
 /// Receives progress from a long crawl (the CLI shows it as a bar).
@@ -46,4 +47,20 @@ pub trait FileSystem: Send + Sync {
     /// Errors only when nothing usable can be read (e.g. a bad superblock);
     /// damage to single structures becomes warnings.
     fn crawl(&self, dev: &dyn BlockDevice, progress: &dyn Progress) -> Result<Crawl>;
+
+    /// Starts following writes to `dev` from the state in `model` (a crawl
+    /// of `dev`, or a loaded index of it). File systems without write
+    /// inference return [`Error::Unsupported`].
+    fn infer(
+        &self,
+        dev: &dyn BlockDevice,
+        model: FsModel,
+        cfg: &InferConfig,
+    ) -> Result<Box<dyn Inference>> {
+        let _ = (dev, model, cfg);
+        Err(Error::Unsupported {
+            structure: "file system",
+            detail: format!("{}: write inference is not implemented", self.name()),
+        })
+    }
 }

@@ -10,6 +10,8 @@
 //! - [`write`]: one guest request to its disk ([`DiskWrite`]);
 //! - [`model`]: normalized file records and the directory tree ([`FsModel`]);
 //! - [`blockmap`]: which block belongs to which file or structure;
+//! - [`event`]: file events ([`FileEvent`]) and their JSON shape;
+//! - [`infer`]: the [`Inference`] trait that follows a partition's writes;
 //! - [`fs`]: the [`FileSystem`] trait that `gammaray-ext4` and
 //!   `gammaray-ntfs` implement;
 //! - [`listing`]: the state listing (one JSON object per name);
@@ -34,8 +36,10 @@ pub mod blockmap;
 pub mod content;
 pub mod device;
 pub mod error;
+pub mod event;
 pub mod fs;
 pub mod index;
+pub mod infer;
 pub mod listing;
 pub mod model;
 pub mod name;
@@ -44,8 +48,10 @@ pub mod varint;
 pub mod write;
 
 pub use blockmap::{BlockMap, Owner, Run};
-pub use device::{BlockDevice, FileDevice, SliceDevice};
+pub use device::{BlockDevice, FileDevice, PatchedDevice, SliceDevice};
 pub use error::{Error, Result};
+pub use event::{EventKind, FileEvent, LostReason};
 pub use fs::{Crawl, FileSystem, NoProgress, Progress};
+pub use infer::{Counter, InferConfig, Inference};
 pub use model::{Entry, FileId, FileRecord, FileType, FsModel, Timestamp, Tree};
 pub use write::{DiskWrite, WriteFlags};

@@ -70,8 +70,65 @@ impl DiskWrite {
         !self.data.is_empty()
     }
 
+    /// The part of this request inside `[start, start+len)`, with its offset
+    /// made relative to `start` (a partition's window). Flushes and marks,
+    /// which have no range, are passed on whole; requests wholly outside
+    /// return `None`. The data is sliced, not copied.
+    pub fn clip(&self, start: u64, len: u64) -> Option<DiskWrite> {
+        if self.len == 0 {
+            return Some(DiskWrite {
+                offset: 0,
+                ..self.clone()
+            });
+        }
+        let end = start.saturating_add(len);
+        let w_end = self.offset.saturating_add(self.len);
+        let lo = self.offset.max(start);
+        let hi = w_end.min(end);
+        if lo >= hi {
+            return None;
+        }
+        let data = if self.data.is_empty() {
+            self.data.clone()
+        } else {
+            let a = usize::try_from(lo - self.offset).ok()?;
+            let b = usize::try_from(hi - self.offset).ok()?;
+            if b > self.data.len() {
+                return None;
+            }
+            self.data.slice(a..b)
+        };
+        Some(DiskWrite {
+            seq: self.seq,
+            ts_ns: self.ts_ns,
+            offset: lo - start,
+            len: hi - lo,
+            data,
+            flags: self.flags,
+        })
+    }
+
     /// True for a flush (with or without data).
     pub fn is_flush(&self) -> bool {
         self.flags.contains(WriteFlags::FLUSH)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_slices_and_rebases() {
+        let w = DiskWrite::write(1, 1000, Bytes::from(vec![7u8; 100]));
+        let c = w.clip(1050, 1000).unwrap();
+        assert_eq!((c.offset, c.len, c.data.len()), (0, 50, 50));
+        let c = w.clip(0, 1010).unwrap();
+        assert_eq!((c.offset, c.len, c.data.len()), (1000, 10, 10));
+        assert!(w.clip(2000, 10).is_none());
+        assert_eq!(
+            DiskWrite::flush(3).clip(5, 5).unwrap().flags,
+            WriteFlags::FLUSH
+        );
     }
 }

@@ -1,0 +1,213 @@
+//! File events: what gammaray tells subscribers about a guest's files.
+//!
+//! A [`FileEvent`] is produced by a file system's inference (see
+//! [`crate::infer`]); the engine adds the VM's identity and a sequence number
+//! and hands it to sinks. [`FileEvent::to_json`] gives the JSON-lines shape
+//! of DESIGN.md.
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::model::{FileId, FileType};
+
+/// What happened to a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// A new name: a new file, directory, symlink, or a hard link.
+    Create,
+    /// A name went away.
+    Delete,
+    /// Contents or size changed.
+    Modify,
+    /// Metadata changed (mode, owner, times, link count).
+    Attrib,
+    /// A name moved (rename); `old_path` says from where.
+    Move,
+    /// A range of a file's data was not observed.
+    Lost,
+}
+
+impl EventKind {
+    /// The name used in JSON and in `--events` filters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Create => "create",
+            EventKind::Delete => "delete",
+            EventKind::Modify => "modify",
+            EventKind::Attrib => "attrib",
+            EventKind::Move => "move",
+            EventKind::Lost => "lost",
+        }
+    }
+}
+
+/// Why a `lost` event was emitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LostReason {
+    /// Data writes were dropped under pressure (data-drop policy).
+    DataDrop,
+    /// A write to a not-yet-owned block was held longer than the TTL.
+    UnknownTtl,
+    /// A write to a not-yet-owned block was evicted by the byte budget.
+    UnknownBudget,
+    /// A sink could not keep up and dropped events.
+    SinkOverflow,
+    /// The bytes could not be read back from the disk.
+    Unreadable,
+}
+
+impl LostReason {
+    /// The name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LostReason::DataDrop => "data_drop",
+            LostReason::UnknownTtl => "unknown_ttl",
+            LostReason::UnknownBudget => "unknown_budget",
+            LostReason::SinkOverflow => "sink_overflow",
+            LostReason::Unreadable => "unreadable",
+        }
+    }
+}
+
+/// One change to one file, before the engine stamps it with host, VM and
+/// sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEvent {
+    /// Partition number (Linux numbering, 1 for an unpartitioned disk).
+    pub part: u32,
+    /// What happened.
+    pub kind: EventKind,
+    /// The file's path (for `delete`, the path it had; for `move`, the new
+    /// one). Non-UTF-8 bytes are replaced.
+    pub path: String,
+    /// For `move`: the path before.
+    pub old_path: Option<String>,
+    /// File type.
+    pub ftype: FileType,
+    /// Inode (or MFT record) number.
+    pub inode: FileId,
+    /// The file's size after the change, where known.
+    pub size: Option<u64>,
+    /// For `modify` with data and for `lost`: first byte of the range.
+    pub offset: Option<u64>,
+    /// Length of the range.
+    pub len: Option<u64>,
+    /// For `modify`: the bytes of the range (clipped to the file size).
+    pub data: Option<Bytes>,
+    /// For `attrib`: the fields that changed.
+    pub changed: Vec<&'static str>,
+    /// For `lost`: why.
+    pub reason: Option<LostReason>,
+    /// Time of the write that completed this change (ns since the epoch,
+    /// 0 when unknown).
+    pub ts_ns: u64,
+}
+
+impl FileEvent {
+    /// An event with only the identifying fields set.
+    pub fn new(part: u32, kind: EventKind, path: String, ftype: FileType, inode: FileId) -> Self {
+        FileEvent {
+            part,
+            kind,
+            path,
+            old_path: None,
+            ftype,
+            inode,
+            size: None,
+            offset: None,
+            len: None,
+            data: None,
+            changed: Vec::new(),
+            reason: None,
+            ts_ns: 0,
+        }
+    }
+
+    /// The event as one line of JSON (no newline), in DESIGN.md's shape.
+    pub fn to_json(&self, seq: u64, host: &str, vm: &str) -> String {
+        use base64::Engine as _;
+        let json = EventJson {
+            seq,
+            host,
+            vm,
+            part: self.part,
+            path: &self.path,
+            old_path: self.old_path.as_deref(),
+            event: self.kind.as_str(),
+            ftype: self.ftype.as_str(),
+            inode: self.inode,
+            size: self.size,
+            offset: self.offset,
+            len: self.len,
+            data_b64: self
+                .data
+                .as_ref()
+                .map(|d| base64::engine::general_purpose::STANDARD.encode(d)),
+            changed: (!self.changed.is_empty()).then_some(&self.changed),
+            reason: self.reason.map(LostReason::as_str),
+        };
+        // Serializing plain strings and numbers cannot fail.
+        serde_json::to_string(&json).unwrap_or_default()
+    }
+
+    /// The channel this event is published on: `host:vm:/path`.
+    pub fn channel(&self, host: &str, vm: &str) -> String {
+        format!("{host}:{vm}:{}", self.path)
+    }
+}
+
+#[derive(Serialize)]
+struct EventJson<'a> {
+    seq: u64,
+    host: &'a str,
+    vm: &'a str,
+    part: u32,
+    path: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old_path: Option<&'a str>,
+    event: &'static str,
+    #[serde(rename = "type")]
+    ftype: &'static str,
+    inode: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    len: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_b64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changed: Option<&'a Vec<&'static str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_design_fields_and_base64_data() {
+        let mut e = FileEvent::new(
+            1,
+            EventKind::Modify,
+            "/var/log/app.log".into(),
+            FileType::File,
+            12,
+        );
+        e.size = Some(4096);
+        e.offset = Some(3000);
+        e.len = Some(3);
+        e.data = Some(Bytes::from_static(b"abc"));
+        let v: serde_json::Value = serde_json::from_str(&e.to_json(7, "h", "v")).unwrap();
+        assert_eq!(v["seq"], 7);
+        assert_eq!(v["event"], "modify");
+        assert_eq!(v["type"], "file");
+        assert_eq!(v["data_b64"], "YWJj");
+        assert!(v.get("old_path").is_none());
+        assert!(v.get("changed").is_none());
+    }
+}
