@@ -15,6 +15,8 @@
 //! - [`fs`]: the [`FileSystem`] trait that `gammaray-ext4` and
 //!   `gammaray-ntfs` implement;
 //! - [`listing`]: the state listing (one JSON object per name);
+//! - [`overlay`]: a read-only disk with writes held in memory over it
+//!   ([`OverlayDevice`]);
 //! - [`index`]: the on-disk index (gzip stream of BSON documents).
 //!
 //! Everything read from a disk is untrusted: parsers check every length and
@@ -43,6 +45,7 @@ pub mod infer;
 pub mod listing;
 pub mod model;
 pub mod name;
+pub mod overlay;
 pub mod partition;
 pub mod varint;
 pub mod write;
@@ -54,4 +57,5 @@ pub use event::{EventKind, FileEvent, LostReason};
 pub use fs::{Crawl, FileSystem, NoProgress, Progress};
 pub use infer::{Counter, InferConfig, Inference};
 pub use model::{Entry, FileId, FileRecord, FileType, FsModel, Timestamp, Tree};
+pub use overlay::{OverlayDevice, OverlayStats};
 pub use write::{DiskWrite, WriteFlags};
