@@ -46,6 +46,7 @@ pub mod fuzzing;
 pub mod group_desc;
 pub mod indirect;
 pub mod inode;
+pub mod journal;
 pub mod superblock;
 pub mod xattr;
 
