@@ -280,6 +280,36 @@ impl BlockMap {
         self.runs.splice(first..i, pieces);
     }
 
+    /// Splits `[start, end)` into pieces that each have one owner:
+    /// `(first block, one past the last, owner of the first block)`, with
+    /// `None` for blocks nobody claims. Pieces are in block order and cover
+    /// the whole range.
+    pub fn segments(&self, start: u64, end: u64) -> Vec<(u64, u64, Option<Owner>)> {
+        let mut out = Vec::new();
+        let mut b = start;
+        let mut idx = self.runs.partition_point(|r| r.end() <= start);
+        while b < end {
+            match self.runs.get(idx) {
+                Some(r) if r.start <= b => {
+                    let e = r.end().min(end);
+                    out.push((b, e, Some(r.owner.advance(b - r.start))));
+                    b = e;
+                    idx += 1;
+                }
+                Some(r) => {
+                    let e = r.start.min(end);
+                    out.push((b, e, None));
+                    b = e;
+                }
+                None => {
+                    out.push((b, end, None));
+                    b = end;
+                }
+            }
+        }
+        out
+    }
+
     /// Every run, in block order.
     pub fn runs(&self) -> &[Run] {
         &self.runs
@@ -329,6 +359,25 @@ mod tests {
         assert_eq!(conflicts.len(), 1);
         assert_eq!(conflicts[0].dropped.len, 2);
         assert_eq!(m.owner(8), Some(data(2, 2)));
+    }
+
+    #[test]
+    fn segments_cover_the_range_with_gaps() {
+        let mut m = BlockMap::new();
+        m.push(10, 5, data(1, 0));
+        m.push(20, 2, Owner::Superblock);
+        m.finish();
+        let s = m.segments(8, 21);
+        assert_eq!(
+            s,
+            vec![
+                (8, 10, None),
+                (10, 15, Some(data(1, 0))),
+                (15, 20, None),
+                (20, 21, Some(Owner::Superblock)),
+            ]
+        );
+        assert_eq!(m.segments(12, 13), vec![(12, 13, Some(data(1, 2)))]);
     }
 
     #[test]

@@ -155,6 +155,26 @@ impl Tree {
         Some(child)
     }
 
+    /// Removes the name `name` of `child` from `dir` (of several equal
+    /// names, which a corrupt directory can hold, the one naming `child`);
+    /// returns whether it was there.
+    pub fn remove_entry(&mut self, dir: FileId, name: &[u8], child: FileId) -> bool {
+        let Some(entries) = self.dirs.get_mut(&dir) else {
+            return false;
+        };
+        let Some(pos) = entries
+            .iter()
+            .position(|e| e.child == child && &*e.name == name)
+        else {
+            return false;
+        };
+        entries.swap_remove(pos);
+        if entries.is_empty() {
+            self.dirs.remove(&dir);
+        }
+        true
+    }
+
     /// Replaces every name of `dir` (after re-reading a directory).
     pub fn set_dir(&mut self, dir: FileId, entries: Vec<Entry>) {
         if entries.is_empty() {

@@ -167,6 +167,32 @@ struct Ctx<'a> {
     hidden_inos: [u64; 4],
 }
 
+impl<'a> Ctx<'a> {
+    fn new(dev: &'a dyn BlockDevice, sb: Superblock) -> Self {
+        let layout = Layout::new(&sb);
+        let bs = layout.block_size;
+        Ctx {
+            dev,
+            layout,
+            bs,
+            inode_size: usize::from(sb.s_inode_size),
+            filetype: sb.has_incompat(incompat::FILETYPE),
+            journal_ino: if sb.has_compat(compat::HAS_JOURNAL) {
+                u64::from(sb.s_journal_inum)
+            } else {
+                0
+            },
+            hidden_inos: [
+                u64::from(sb.s_orphan_file_inum),
+                u64::from(sb.s_quota_inums[0]),
+                u64::from(sb.s_quota_inums[1]),
+                u64::from(sb.s_quota_inums[2]),
+            ],
+            sb,
+        }
+    }
+}
+
 /// Reads and validates the primary superblock of `dev`.
 pub fn read_superblock(dev: &dyn BlockDevice) -> Result<Superblock> {
     let mut b = [0u8; SUPERBLOCK_SIZE];
@@ -177,27 +203,8 @@ pub fn read_superblock(dev: &dyn BlockDevice) -> Result<Superblock> {
 /// Crawls the ext2/3/4 file system on `dev`.
 pub fn crawl(dev: &dyn BlockDevice, progress: &dyn Progress) -> Result<Crawl> {
     let sb = read_superblock(dev)?;
-    let layout = Layout::new(&sb);
-    let bs = layout.block_size;
-    let ctx = Ctx {
-        dev,
-        layout,
-        bs,
-        inode_size: usize::from(sb.s_inode_size),
-        filetype: sb.has_incompat(incompat::FILETYPE),
-        journal_ino: if sb.has_compat(compat::HAS_JOURNAL) {
-            u64::from(sb.s_journal_inum)
-        } else {
-            0
-        },
-        hidden_inos: [
-            u64::from(sb.s_orphan_file_inum),
-            u64::from(sb.s_quota_inums[0]),
-            u64::from(sb.s_quota_inums[1]),
-            u64::from(sb.s_quota_inums[2]),
-        ],
-        sb,
-    };
+    let ctx = Ctx::new(dev, sb);
+    let bs = ctx.bs;
     let mut out = Out::default();
     let fs_bytes = ctx.sb.s_blocks_count.saturating_mul(bs);
     if fs_bytes > dev.size() {
@@ -345,6 +352,75 @@ pub fn crawl(dev: &dyn BlockDevice, progress: &dyn Progress) -> Result<Crawl> {
         model,
         warnings: out.warnings,
     })
+}
+
+/// The first block of every group's inode table (0 where the group's
+/// descriptor is unusable), as the descriptor table on `dev` says.
+pub fn inode_tables(dev: &dyn BlockDevice, sb: &Superblock) -> Result<Vec<u64>> {
+    let ctx = Ctx::new(dev, sb.clone());
+    let mut out = Out::default();
+    let descs = ctx.read_group_descs(&mut out)?;
+    Ok(descs
+        .iter()
+        .map(|d| d.as_ref().map_or(0, |d| d.bg_inode_table))
+        .collect())
+}
+
+/// What a scan of chosen inodes found: write inference re-reads the inodes
+/// a transaction touched with the crawler's own code.
+#[derive(Debug, Default)]
+pub struct InodeScan {
+    /// Records of the inodes in use (free inodes are absent).
+    pub files: Vec<(u64, FileRecord)>,
+    /// Blocks they own: `(first block, count, owner)`.
+    pub runs: Vec<(u64, u64, Owner)>,
+    /// Inline contents of regular files.
+    pub inline: Vec<(u64, Vec<u8>)>,
+    /// Directory entries `(directory, name, child)`: inline directories
+    /// always, block directories when asked for.
+    pub entries: Vec<(u64, Box<[u8]>, u64)>,
+    /// Structures that were corrupt and skipped.
+    pub warnings: Vec<Error>,
+}
+
+/// Parses the inode records `inodes` (`(number, byte offset, record)`) as
+/// the crawler does, follows their extent trees and indirect blocks, and
+/// with `read_dirs` reads the entries of the directories among them.
+pub fn scan_inodes(
+    dev: &dyn BlockDevice,
+    sb: &Superblock,
+    inodes: &[(u64, u64, &[u8])],
+    read_dirs: bool,
+) -> InodeScan {
+    let ctx = Ctx::new(dev, sb.clone());
+    let mut out = Out::default();
+    for &(ino, off, rec) in inodes {
+        ctx.inode(&mut out, ino, rec, off);
+    }
+    ctx.walk_extent_trees(&mut out);
+    ctx.walk_indirect_blocks(&mut out);
+    ctx.map_xattr_blocks(&mut out);
+    let mut entries = std::mem::take(&mut out.entries);
+    if read_dirs {
+        let mut tree = Tree::new();
+        ctx.read_directories(&mut out, &mut tree);
+        for (dir, names) in tree.dirs() {
+            for e in names {
+                entries.push((dir, Box::from(&*e.name), e.child));
+            }
+        }
+    } else {
+        out.dirs.clear();
+    }
+    let mut files: BTreeMap<u64, FileRecord> = std::mem::take(&mut out.files).into_iter().collect();
+    ctx.read_slow_symlinks(&mut out, &mut files);
+    InodeScan {
+        files: files.into_iter().collect(),
+        runs: out.runs,
+        inline: out.inline,
+        entries,
+        warnings: out.warnings,
+    }
 }
 
 impl Ctx<'_> {

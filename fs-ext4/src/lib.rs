@@ -22,7 +22,7 @@
 //! verified; the parsers do not depend on them.
 //!
 //! ```
-//! use gammaray_core::{FileSystem, NoProgress};
+//! //! use gammaray_core::{FileSystem, NoProgress};
 //! use gammaray_ext4::Ext4;
 //! // Not an ext file system: probe says no, crawl says why.
 //! let disk = vec![0u8; 4096];
@@ -45,12 +45,14 @@ pub mod extent;
 pub mod fuzzing;
 pub mod group_desc;
 pub mod indirect;
+pub mod infer;
 pub mod inode;
 pub mod journal;
 pub mod superblock;
 pub mod xattr;
 
-use gammaray_core::{BlockDevice, Crawl, FileSystem, Progress, Result};
+use gammaray_core::infer::{InferConfig, Inference};
+use gammaray_core::{BlockDevice, Crawl, FileSystem, FsModel, Progress, Result};
 
 /// The ext2/3/4 driver: a stateless [`FileSystem`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -67,5 +69,14 @@ impl FileSystem for Ext4 {
 
     fn crawl(&self, dev: &dyn BlockDevice, progress: &dyn Progress) -> Result<Crawl> {
         crawl::crawl(dev, progress)
+    }
+
+    fn infer(
+        &self,
+        dev: &dyn BlockDevice,
+        model: FsModel,
+        cfg: &InferConfig,
+    ) -> Result<Box<dyn Inference>> {
+        Ok(Box::new(infer::Ext4Inference::new(dev, model, cfg)?))
     }
 }

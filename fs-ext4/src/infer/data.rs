@@ -1,0 +1,270 @@
+//! File data: writes to known data blocks, and the byte ranges a
+//! transaction makes valid (appends, filled holes, new files).
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use gammaray_core::model::FileType;
+use gammaray_core::{BlockDevice, DiskWrite, EventKind, FileEvent, LostReason};
+
+use super::pending::Held;
+use super::Ext4Inference;
+
+/// A file's mapping: `(first logical, first physical, count, written)`,
+/// sorted by logical block.
+pub(crate) type FileMap = Vec<(u64, u64, u64, bool)>;
+
+/// How a range that a transaction made valid is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RangeKind {
+    /// Bytes past the old size: reported exactly (an append).
+    Grow,
+    /// Blocks newly mapped inside the old size: leading and trailing zero
+    /// bytes (what the hole read as before) are trimmed.
+    Fill,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Piece {
+    Data,
+    Hole,
+    Lost(LostReason),
+}
+
+fn lookup(map: &FileMap, logical: u64) -> Option<(u64, bool)> {
+    let idx = map.partition_point(|r| r.0 <= logical);
+    let &(l, p, n, written) = map.get(idx.checked_sub(1)?)?;
+    (logical < l + n).then(|| (p + (logical - l), written))
+}
+
+impl Ext4Inference {
+    /// A write to blocks `[s, e)`, which hold `file`'s data from logical
+    /// block `logical`: report the bytes inside the file's size that
+    /// changed.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn data_write(
+        &mut self,
+        before: &dyn BlockDevice,
+        w: &DiskWrite,
+        data: &Bytes,
+        s: u64,
+        e: u64,
+        file: u64,
+        logical: u64,
+        out: &mut Vec<FileEvent>,
+    ) {
+        let bs = self.bs;
+        let Some(rec) = self.model.files.get(&file) else {
+            return;
+        };
+        if rec.ftype != FileType::File {
+            return;
+        }
+        self.data_dirty.insert(file);
+        let size = rec.size;
+        let lo = (s * bs).max(w.offset);
+        let hi = (e * bs).min(w.offset + w.len);
+        let fo = logical.saturating_mul(bs).saturating_add(lo - s * bs);
+        if fo >= size || lo >= hi {
+            return;
+        }
+        let n = (hi - lo).min(size - fo) as usize;
+        let a = (lo - w.offset) as usize;
+        let Some(new) = data.get(a..a + n) else {
+            return;
+        };
+        let mut old = vec![0u8; n];
+        let (i, j) = if before.read_at(lo, &mut old).is_ok() {
+            match (
+                new.iter().zip(&old).position(|(x, y)| x != y),
+                new.iter().zip(&old).rposition(|(x, y)| x != y),
+            ) {
+                (Some(i), Some(j)) => (i, j),
+                _ => return,
+            }
+        } else {
+            (0, n - 1)
+        };
+        let path = self.parents.path(file, self.model.root);
+        let bytes = data.slice(a + i..a + j + 1);
+        self.emit_bytes(&path, file, size, fo + i as u64, bytes, w.ts_ns, out);
+    }
+
+    /// `modify` events for `bytes` at file offset `offset`, split at the
+    /// configured event size.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn emit_bytes(
+        &mut self,
+        path: &str,
+        file: u64,
+        size: u64,
+        offset: u64,
+        bytes: Bytes,
+        ts_ns: u64,
+        out: &mut Vec<FileEvent>,
+    ) {
+        let max = self.cfg.max_event_data.max(1);
+        let mut done = 0usize;
+        while done < bytes.len() {
+            let n = (bytes.len() - done).min(max);
+            let mut ev = FileEvent::new(0, EventKind::Modify, path.into(), FileType::File, file);
+            ev.size = Some(size);
+            ev.offset = Some(offset + done as u64);
+            ev.len = Some(n as u64);
+            ev.data = Some(bytes.slice(done..done + n));
+            ev.ts_ns = ts_ns;
+            out.push(ev);
+            done += n;
+        }
+    }
+
+    /// Reports file bytes `[a, z)` that a transaction made valid, reading
+    /// them through `map` from `dev` (held writes laid over), with `lost`
+    /// events for blocks whose held write fell out.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn emit_range(
+        &mut self,
+        dev: &dyn BlockDevice,
+        path: &str,
+        file: u64,
+        size: u64,
+        map: &FileMap,
+        (a, z): (u64, u64),
+        kind: RangeKind,
+        held: &HashMap<u64, (Option<Held>, Option<LostReason>)>,
+        ts_ns: u64,
+        out: &mut Vec<FileEvent>,
+    ) {
+        let bs = self.bs;
+        if a >= z || bs == 0 {
+            return;
+        }
+        // Classify block by block; merge neighbours of one kind.
+        let mut pieces: Vec<(u64, u64, Piece)> = Vec::new();
+        let mut lb = a / bs;
+        let last = (z - 1) / bs;
+        while lb <= last {
+            let piece = match lookup(map, lb) {
+                Some((p, true)) => match held.get(&p) {
+                    Some((None, Some(why))) => Piece::Lost(*why),
+                    _ => Piece::Data,
+                },
+                _ => Piece::Hole,
+            };
+            let (s, e) = ((lb * bs).max(a), ((lb + 1) * bs).min(z));
+            match pieces.last_mut() {
+                Some(last) if last.2 == piece && last.1 == s => last.1 = e,
+                _ => pieces.push((s, e, piece)),
+            }
+            lb += 1;
+        }
+        if kind == RangeKind::Grow && pieces.iter().all(|p| p.2 == Piece::Hole) {
+            // Grown over a hole (truncate to a larger size): the size says it.
+            let mut ev = FileEvent::new(0, EventKind::Modify, path.into(), FileType::File, file);
+            ev.size = Some(size);
+            ev.ts_ns = ts_ns;
+            out.push(ev);
+            return;
+        }
+        let max = self.cfg.max_event_data.max(1) as u64;
+        for (s, e, piece) in pieces {
+            match piece {
+                Piece::Hole => {}
+                Piece::Lost(why) => {
+                    self.c.lost_events += 1;
+                    let mut ev =
+                        FileEvent::new(0, EventKind::Lost, path.into(), FileType::File, file);
+                    ev.size = Some(size);
+                    ev.offset = Some(s);
+                    ev.len = Some(e - s);
+                    ev.reason = Some(why);
+                    ev.ts_ns = ts_ns;
+                    out.push(ev);
+                }
+                Piece::Data => {
+                    let mut cs = s;
+                    while cs < e {
+                        let ce = (cs + max).min(e);
+                        let buf = self.read_file(dev, map, held, cs, ce);
+                        let (mut i, mut j) = (0usize, buf.len());
+                        if kind == RangeKind::Fill {
+                            while i < j && buf[i] == 0 {
+                                i += 1;
+                            }
+                            while j > i && buf[j - 1] == 0 {
+                                j -= 1;
+                            }
+                        }
+                        if i < j {
+                            let bytes = Bytes::from(buf).slice(i..j);
+                            self.emit_bytes(path, file, size, cs + i as u64, bytes, ts_ns, out);
+                        }
+                        cs = ce;
+                    }
+                }
+            }
+        }
+    }
+
+    /// File bytes `[s, e)` through `map`; holes and unreadable blocks read
+    /// as zeros.
+    fn read_file(
+        &mut self,
+        dev: &dyn BlockDevice,
+        map: &FileMap,
+        held: &HashMap<u64, (Option<Held>, Option<LostReason>)>,
+        s: u64,
+        e: u64,
+    ) -> Vec<u8> {
+        let bs = self.bs;
+        let mut buf = vec![0u8; (e - s) as usize];
+        let mut pos = s;
+        while pos < e {
+            let lb = pos / bs;
+            let be = ((lb + 1) * bs).min(e);
+            if let Some((p, true)) = lookup(map, lb) {
+                let within = pos - lb * bs;
+                let a = (pos - s) as usize;
+                let n = (be - pos) as usize;
+                if let Some(dst) = buf.get_mut(a..a + n) {
+                    if dev.read_at(p * bs + within, dst).is_err() {
+                        self.c.anomalies += 1;
+                    }
+                    // Held bytes are what the guest wrote there.
+                    if let Some((Some(h), _)) = held.get(&p) {
+                        let h_lo = u64::from(h.off);
+                        let h_hi = h_lo + h.data.len() as u64;
+                        let lo = within.max(h_lo);
+                        let hi = (within + n as u64).min(h_hi);
+                        if lo < hi {
+                            let d = (lo - within) as usize;
+                            let src = (lo - h_lo) as usize;
+                            let k = (hi - lo) as usize;
+                            if let (Some(dd), Some(ss)) =
+                                (dst.get_mut(d..d + k), h.data.get(src..src + k))
+                            {
+                                dd.copy_from_slice(ss);
+                            }
+                        }
+                    }
+                }
+            }
+            pos = be;
+        }
+        buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_finds_mapped_blocks() {
+        let map: FileMap = vec![(0, 100, 4, true), (10, 200, 2, false)];
+        assert_eq!(lookup(&map, 3), Some((103, true)));
+        assert_eq!(lookup(&map, 4), None);
+        assert_eq!(lookup(&map, 11), Some((201, false)));
+        assert_eq!(lookup(&map, 12), None);
+    }
+}

@@ -1,0 +1,374 @@
+//! Write inference: from a stream of block writes to file events.
+//!
+//! [`Ext4Inference`] keeps the crawler's [`FsModel`] equal to the guest's
+//! own view while the guest writes:
+//!
+//! - every write is split by the block-owner map: file data, metadata
+//!   written home, journal blocks, and blocks nobody owns yet;
+//! - data written inside a known file's size becomes a `modify` event at
+//!   once, trimmed to the bytes that changed;
+//! - metadata changes are applied a transaction at a time: when a jbd2
+//!   commit block arrives its logged blocks are applied as if written home
+//!   (the later checkpoint write then changes nothing); without a journal,
+//!   or for a home write that differs, the write is its own transaction;
+//! - applying a transaction re-reads the inodes it touched with the
+//!   crawler's own code ([`crate::crawl::scan_inodes`]) and diffs them with
+//!   the model: names removed and added (a name removed and the same inode
+//!   added in one transaction is a `move`), sizes, new blocks, attributes;
+//! - data for blocks nobody owned is held ([`pending`]) and reported when
+//!   the transaction that gives the blocks to a file commits.
+//!
+//! Readers of [`Inference::model`] see the state as of the last applied
+//! transaction, never a half-applied one.
+
+mod apply;
+mod counters;
+mod data;
+mod jtrack;
+mod paths;
+mod pending;
+mod view;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gammaray_core::blockmap::Owner;
+use gammaray_core::device::PatchedDevice;
+use gammaray_core::infer::{Counter, InferConfig, Inference};
+use gammaray_core::{BlockDevice, DiskWrite, FileEvent, FsModel, Result, WriteFlags};
+
+use crate::crawl::{inode_tables, read_superblock};
+use crate::superblock::{compat, Superblock};
+
+pub use counters::Counters;
+use jtrack::JournalTracker;
+use paths::Parents;
+use pending::Pending;
+use view::{JournalOverlay, View};
+
+/// Writes larger than this (bytes) are not inspected (a guest request is
+/// never this large; QEMU splits requests far below it).
+pub const MAX_WRITE_BYTES: u64 = 256 << 20;
+
+/// One metadata block of a transaction: home block, old and new contents.
+pub(crate) type Change = (u64, Arc<[u8]>, Arc<[u8]>);
+
+/// Follows one ext2/3/4 file system's writes. Build it with
+/// [`Ext4Inference::new`] (or [`gammaray_core::FileSystem::infer`]).
+pub struct Ext4Inference {
+    sb: Superblock,
+    bs: u64,
+    isz: u64,
+    ipg: u64,
+    tables: Vec<u64>,
+    model: FsModel,
+    parents: Parents,
+    jov: JournalOverlay,
+    journal: Option<JournalTracker>,
+    pending: Pending,
+    /// Files that had data written since their last metadata change (their
+    /// next mtime change is not an `attrib`).
+    data_dirty: HashSet<u64>,
+    cfg: InferConfig,
+    c: Counters,
+    now_ns: u64,
+}
+
+impl std::fmt::Debug for Ext4Inference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ext4Inference")
+            .field("files", &self.model.files.len())
+            .field("counters", &self.c)
+            .finish()
+    }
+}
+
+impl Ext4Inference {
+    /// Starts following `dev` (the partition as it is now) from `model`,
+    /// which must be a crawl (or index) of the same state.
+    pub fn new(dev: &dyn BlockDevice, model: FsModel, cfg: &InferConfig) -> Result<Self> {
+        let sb = read_superblock(dev)?;
+        let tables = inode_tables(dev, &sb)?;
+        let bs = u64::from(sb.block_size());
+        let parents = Parents::build(&model.tree);
+        let mut c = Counters::default();
+        let journal = if sb.has_compat(compat::HAS_JOURNAL) {
+            match JournalTracker::new(dev, &model, bs) {
+                Ok(j) => Some(j),
+                Err(e) => {
+                    tracing::warn!("ext4 journal not followed: {e}");
+                    c.anomalies += 1;
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Ok(Ext4Inference {
+            isz: u64::from(sb.s_inode_size),
+            ipg: u64::from(sb.s_inodes_per_group),
+            bs,
+            sb,
+            tables,
+            model,
+            parents,
+            jov: JournalOverlay::default(),
+            journal,
+            pending: Pending::default(),
+            data_dirty: HashSet::new(),
+            cfg: *cfg,
+            c,
+            now_ns: 0,
+        })
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> &Counters {
+        &self.c
+    }
+
+    fn handle(&mut self, before: &dyn BlockDevice, w: &DiskWrite, out: &mut Vec<FileEvent>) {
+        if w.flags.contains(WriteFlags::MARK) || w.len == 0 {
+            return;
+        }
+        if w.len > MAX_WRITE_BYTES || w.offset.saturating_add(w.len) > before.size() {
+            self.c.bad_writes += 1;
+            return;
+        }
+        let bs = self.bs;
+        let first = w.offset / bs;
+        let last = (w.offset + w.len - 1) / bs;
+        if w.flags.contains(WriteFlags::DISCARD) {
+            self.c.discards += 1;
+            for b in first..=last {
+                self.pending.forget(b);
+            }
+            return;
+        }
+        let data: Bytes = if w.flags.contains(WriteFlags::ZEROES) {
+            Bytes::from(vec![0u8; w.len as usize])
+        } else if w.data.len() as u64 == w.len {
+            w.data.clone()
+        } else {
+            self.c.bad_writes += 1;
+            return;
+        };
+        let after = PatchedDevice::new(before, w.offset, &data);
+        let mut meta: Vec<u64> = Vec::new();
+        let mut jblocks: Vec<(u64, u64)> = Vec::new();
+        for (s, e, owner) in self.model.blocks.segments(first, last + 1) {
+            match owner {
+                Some(Owner::FileData { file, logical }) => {
+                    self.c.data_blocks += e - s;
+                    self.data_write(before, w, &data, s, e, file, logical, out);
+                }
+                Some(Owner::Unwritten { .. }) | None => {
+                    self.c.unknown_blocks += e - s;
+                    self.hold(w, &data, s, e);
+                }
+                Some(Owner::Journal { logical }) => {
+                    for k in 0..(e - s) {
+                        jblocks.push((s + k, logical + k));
+                    }
+                }
+                Some(
+                    Owner::DirData { .. }
+                    | Owner::ExtentTree { .. }
+                    | Owner::Indirect { .. }
+                    | Owner::Xattr { .. }
+                    | Owner::InodeTable { .. }
+                    | Owner::GroupDescriptors { .. }
+                    | Owner::Superblock,
+                ) => meta.extend(s..e),
+                Some(
+                    Owner::BlockBitmap { .. }
+                    | Owner::InodeBitmap { .. }
+                    | Owner::SuperblockBackup { .. }
+                    | Owner::OtherMetadata,
+                ) => self.c.other_blocks += e - s,
+            }
+        }
+        if !meta.is_empty() {
+            self.home_metadata(before, &after, &meta, w.ts_ns, out);
+        }
+        if !jblocks.is_empty() {
+            self.journal_write(before, &after, &jblocks, w.ts_ns, out);
+        }
+    }
+
+    /// Data written to blocks nobody owns yet: hold it.
+    fn hold(&mut self, w: &DiskWrite, data: &Bytes, s: u64, e: u64) {
+        let bs = self.bs;
+        for b in s..e {
+            let lo = (b * bs).max(w.offset);
+            let hi = ((b + 1) * bs).min(w.offset + w.len);
+            let (a, z) = ((lo - w.offset) as usize, (hi - w.offset) as usize);
+            if z > data.len() || a >= z {
+                continue;
+            }
+            self.pending.hold(
+                b,
+                (lo - b * bs) as u32,
+                data.slice(a..z),
+                w.ts_ns,
+                self.cfg.unknown_budget_bytes,
+            );
+        }
+    }
+
+    /// Metadata blocks written home. A block whose newest committed copy
+    /// is in the journal is a checkpoint: it changes nothing when equal.
+    fn home_metadata(
+        &mut self,
+        before: &dyn BlockDevice,
+        after: &dyn BlockDevice,
+        blocks: &[u64],
+        ts_ns: u64,
+        out: &mut Vec<FileEvent>,
+    ) {
+        let bs = self.bs as usize;
+        let mut changes: Vec<Change> = Vec::new();
+        for &b in blocks {
+            let mut old = vec![0u8; bs];
+            let mut new = vec![0u8; bs];
+            let view = View {
+                dev: before,
+                journal: &self.jov,
+                blocks: None,
+                bs: self.bs,
+            };
+            let off = b * self.bs;
+            if view.read_at(off, &mut old).is_err() || after.read_at(off, &mut new).is_err() {
+                self.c.anomalies += 1;
+                continue;
+            }
+            self.jov.remove(b);
+            if old == new {
+                self.c.checkpoint_blocks += 1;
+                continue;
+            }
+            self.c.home_meta_blocks += 1;
+            changes.push((b, old.into(), new.into()));
+        }
+        if !changes.is_empty() {
+            self.apply(after, changes, ts_ns, out);
+        }
+    }
+
+    /// Journal blocks written: note descriptors, apply transactions whose
+    /// commit block arrives.
+    fn journal_write(
+        &mut self,
+        before: &dyn BlockDevice,
+        after: &dyn BlockDevice,
+        blocks: &[(u64, u64)],
+        ts_ns: u64,
+        out: &mut Vec<FileEvent>,
+    ) {
+        let bs = self.bs;
+        for &(phys, _) in blocks {
+            self.jov.before_journal_write(before, phys, bs);
+        }
+        let Some(mut j) = self.journal.take() else {
+            return;
+        };
+        for &(phys, logical) in blocks {
+            self.c.journal_blocks += 1;
+            let Some(txn) = j.on_block(after, phys, logical, &mut self.c) else {
+                continue;
+            };
+            // Revoked blocks are no longer journaled metadata.
+            for r in &txn.revoked {
+                self.jov.remove(*r);
+            }
+            let mut changes: Vec<Change> = Vec::new();
+            let mut homes: Vec<(u64, u64, bool)> = Vec::new();
+            for jb in &txn.blocks {
+                let Some(jphys) = j.phys(u64::from(jb.logical)) else {
+                    self.c.anomalies += 1;
+                    continue;
+                };
+                if jb.home >= self.sb.s_blocks_count {
+                    self.c.anomalies += 1;
+                    continue;
+                }
+                let mut new = vec![0u8; bs as usize];
+                if after.read_at(jphys * bs, &mut new).is_err() {
+                    self.c.anomalies += 1;
+                    continue;
+                }
+                if jb.escaped {
+                    view::unescape(&mut new);
+                }
+                let mut old = vec![0u8; bs as usize];
+                let v = View {
+                    dev: after,
+                    journal: &self.jov,
+                    blocks: None,
+                    bs,
+                };
+                if v.read_at(jb.home * bs, &mut old).is_err() {
+                    self.c.anomalies += 1;
+                    continue;
+                }
+                homes.push((jb.home, jphys, jb.escaped));
+                // A home block logged twice: the later copy wins.
+                if let Some(pos) = changes.iter().position(|c| c.0 == jb.home) {
+                    changes[pos].2 = new.into();
+                } else {
+                    changes.push((jb.home, old.into(), new.into()));
+                }
+            }
+            changes.retain(|c| c.1 != c.2);
+            self.c.journal_txns += 1;
+            self.apply(after, changes, ts_ns, out);
+            for (home, jphys, escaped) in homes {
+                self.jov.insert(home, jphys, escaped);
+            }
+        }
+        self.journal = Some(j);
+    }
+}
+
+impl Inference for Ext4Inference {
+    fn write(&mut self, before: &dyn BlockDevice, w: &DiskWrite, out: &mut Vec<FileEvent>) {
+        self.c.writes += 1;
+        if w.ts_ns > self.now_ns {
+            self.tick(before, w.ts_ns, out);
+        }
+        self.handle(before, w, out);
+        self.c.unknown_held_bytes = self.pending.bytes();
+    }
+
+    fn tick(&mut self, _before: &dyn BlockDevice, now_ns: u64, _out: &mut Vec<FileEvent>) {
+        self.now_ns = self.now_ns.max(now_ns);
+        self.pending.expire(self.now_ns, self.cfg.unknown_ttl_ns);
+        self.c.unknown_held_bytes = self.pending.bytes();
+    }
+
+    fn model(&self) -> &FsModel {
+        &self.model
+    }
+
+    fn counters(&self) -> Vec<Counter> {
+        let mut v = self.c.list();
+        v.push(Counter {
+            name: "unknown_expired_bytes",
+            value: self.pending.expired_bytes,
+        });
+        v.push(Counter {
+            name: "unknown_evicted_bytes",
+            value: self.pending.evicted_bytes,
+        });
+        v.push(Counter {
+            name: "journal_pending_blocks",
+            value: self.jov.len() as u64,
+        });
+        v.push(Counter {
+            name: "journal_copies_dropped",
+            value: self.jov.dropped,
+        });
+        v
+    }
+}
