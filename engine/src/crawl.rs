@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use gammaray_core::index::{self, DiskIndex};
 use gammaray_core::listing::{self, ListingEntry};
-use gammaray_core::partition::read_partitions;
+use gammaray_core::partition::{read_partitions, Partition, PartitionTable};
 use gammaray_core::{BlockDevice, FileDevice, FileSystem, FsModel, Progress, SliceDevice};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -24,10 +24,10 @@ pub(crate) fn drivers() -> Vec<Box<dyn FileSystem>> {
 
 /// An indicatif bar behind gammaray's [`Progress`] trait; hidden unless
 /// stderr is a terminal.
-struct Bar(ProgressBar);
+pub(crate) struct Bar(pub(crate) ProgressBar);
 
 impl Bar {
-    fn new(label: String) -> Self {
+    pub(crate) fn new(label: String) -> Self {
         let pb = if std::io::stderr().is_terminal() {
             ProgressBar::new(0)
         } else {
@@ -55,11 +55,11 @@ impl Progress for Bar {
 /// Counts and prints warnings, the first few in full.
 #[derive(Default)]
 pub(crate) struct Warnings {
-    count: usize,
+    pub(crate) count: usize,
 }
 
 impl Warnings {
-    fn report(&mut self, context: &str, w: &dyn std::fmt::Display) {
+    pub(crate) fn report(&mut self, context: &str, w: &dyn std::fmt::Display) {
         self.count += 1;
         if self.count <= MAX_WARNINGS_SHOWN {
             tracing::warn!("{context}: {w}");
@@ -68,45 +68,100 @@ impl Warnings {
     }
 }
 
-/// Crawls every partition of `dev` whose file system a driver recognises.
-pub(crate) fn crawl_disk(
-    dev: &FileDevice,
+/// One partition whose file system a driver recognised and crawled.
+pub(crate) struct CrawledPart {
+    /// The partition.
+    pub partition: Partition,
+    /// Index of its driver in the list given to [`crawl_partitions`].
+    pub driver: usize,
+    /// The crawl's model.
+    pub model: FsModel,
+}
+
+/// Reads `dev`'s partition table and crawls every partition whose file
+/// system one of `drivers` recognises. Partitions that fail to crawl become
+/// warnings.
+pub(crate) fn crawl_partitions(
+    dev: &dyn BlockDevice,
     disk: &Path,
+    drivers: &[Box<dyn FileSystem>],
     warnings: &mut Warnings,
-) -> Result<DiskIndex> {
+) -> Result<(PartitionTable, Vec<CrawledPart>)> {
     let table = read_partitions(dev)
         .with_context(|| format!("reading the partition table of {}", disk.display()))?;
     for w in &table.warnings {
         warnings.report("partition table", w);
     }
-    let drivers = drivers();
-    let mut filesystems = Vec::new();
+    let mut crawled = Vec::new();
     for p in &table.partitions {
         let part = SliceDevice::new(dev, p.start, p.len)
             .with_context(|| format!("partition {} does not fit in the disk", p.number))?;
-        let Some(driver) = drivers.iter().find(|d| d.probe(&part)) else {
+        let Some(driver) = drivers.iter().position(|d| d.probe(&part)) else {
             tracing::info!("partition {}: no known file system", p.number);
             continue;
         };
-        let bar = Bar::new(format!("part {} {}", p.number, driver.name()));
-        let crawl = driver.crawl(&part, &bar);
+        let name = drivers[driver].name();
+        let bar = Bar::new(format!("part {} {name}", p.number));
+        let crawl = drivers[driver].crawl(&part, &bar);
         bar.0.finish_and_clear();
         match crawl {
             Ok(c) => {
                 for w in &c.warnings {
                     warnings.report(&format!("partition {}", p.number), w);
                 }
-                filesystems.push((p.number, c.model));
+                crawled.push(CrawledPart {
+                    partition: p.clone(),
+                    driver,
+                    model: c.model,
+                });
             }
-            Err(e) => warnings.report(&format!("partition {} ({})", p.number, driver.name()), &e),
+            Err(e) => warnings.report(&format!("partition {} ({name})", p.number), &e),
         }
     }
+    Ok((table, crawled))
+}
+
+/// Crawls every partition of `dev` whose file system a driver recognises.
+pub(crate) fn crawl_disk(
+    dev: &FileDevice,
+    disk: &Path,
+    warnings: &mut Warnings,
+) -> Result<DiskIndex> {
+    let (table, crawled) = crawl_partitions(dev, disk, &drivers(), warnings)?;
     Ok(DiskIndex {
         disk_size: dev.size(),
         scheme: table.scheme,
         partitions: table.partitions,
-        filesystems,
+        filesystems: crawled
+            .into_iter()
+            .map(|c| (c.partition.number, c.model))
+            .collect(),
     })
+}
+
+/// The listing of one file system, hashed from `pdev` (the partition's
+/// window) when given.
+pub(crate) fn part_listing(
+    part: u32,
+    model: &FsModel,
+    pdev: Option<&dyn BlockDevice>,
+    warnings: &mut Warnings,
+) -> Vec<ListingEntry> {
+    let (mut entries, ws) = listing::list(model, part);
+    for w in &ws {
+        warnings.report(&format!("partition {part} listing"), w);
+    }
+    if let Some(pdev) = pdev {
+        for w in listing::add_hashes(&mut entries, model, pdev) {
+            warnings.report(&format!("partition {part} hashing"), &w);
+        }
+    }
+    entries
+}
+
+/// Sorts a listing by part, then path bytes (the state listing's order).
+pub(crate) fn sort_listing(all: &mut [ListingEntry]) {
+    all.sort_by(|a, b| (a.part, a.path.as_bytes()).cmp(&(b.part, b.path.as_bytes())));
 }
 
 /// The listing of every file system in `index`, sorted by part then path.
@@ -117,24 +172,25 @@ pub(crate) fn disk_listing(
 ) -> Result<Vec<ListingEntry>> {
     let mut all = Vec::new();
     for (part, model) in &index.filesystems {
-        let (mut entries, ws) = listing::list(model, *part);
-        for w in &ws {
-            warnings.report(&format!("partition {part} listing"), w);
-        }
-        if let Some(dev) = dev {
-            let p = index
-                .partitions
-                .iter()
-                .find(|p| p.number == *part)
-                .with_context(|| format!("index has no partition {part}"))?;
-            let pdev = SliceDevice::new(dev, p.start, p.len)?;
-            for w in listing::add_hashes(&mut entries, model, &pdev) {
-                warnings.report(&format!("partition {part} hashing"), &w);
+        let pdev = match dev {
+            Some(dev) => {
+                let p = index
+                    .partitions
+                    .iter()
+                    .find(|p| p.number == *part)
+                    .with_context(|| format!("index has no partition {part}"))?;
+                Some(SliceDevice::new(dev, p.start, p.len)?)
             }
-        }
-        all.extend(entries);
+            None => None,
+        };
+        all.extend(part_listing(
+            *part,
+            model,
+            pdev.as_ref().map(|d| d as &dyn BlockDevice),
+            warnings,
+        ));
     }
-    all.sort_by(|a, b| (a.part, a.path.as_bytes()).cmp(&(b.part, b.path.as_bytes())));
+    sort_listing(&mut all);
     Ok(all)
 }
 

@@ -1,7 +1,8 @@
 //! `gammaray`: watch virtual machines' file systems from outside the guest.
 //!
 //! Subcommands follow DESIGN.md: `crawl` indexes a disk image, `capture`
-//! records a guest's writes from stock QEMU.
+//! records a guest's writes from stock QEMU, `replay` follows a recorded
+//! trace and reports file events.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod capture;
 mod crawl;
+mod replay;
 
 /// gammaray: agentless streaming of guest file-system updates.
 #[derive(Debug, Parser)]
@@ -25,6 +27,43 @@ enum Command {
     Crawl(CrawlArgs),
     /// Record a guest's disk writes from stock QEMU in dm-log-writes format.
     Capture(CaptureArgs),
+    /// Replay a dm-log-writes trace over the image it was recorded from:
+    /// file events as JSON lines, and the final state listing.
+    Replay(ReplayArgs),
+}
+
+/// Arguments of `gammaray replay`.
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// The raw disk image the trace started from (opened read-only).
+    #[arg(long, value_name = "BASE")]
+    pub disk: PathBuf,
+    /// The dm-log-writes trace recorded from BASE.
+    #[arg(long, value_name = "TRACE")]
+    pub log: PathBuf,
+    /// Host name in events (default: this machine's host name).
+    #[arg(long, value_name = "H")]
+    pub host: Option<String>,
+    /// VM name in events (default: BASE's file stem).
+    #[arg(long, value_name = "V")]
+    pub vm: Option<String>,
+    /// Write events (JSON lines) here instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
+    /// Write the final state listing of every followed partition here.
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+    /// Add each regular file's sha256 to the state listing (read from the
+    /// disk as the trace leaves it).
+    #[arg(long, requires = "state")]
+    pub hash: bool,
+    /// How long writes to blocks no metadata owns yet are held (seconds of
+    /// trace time).
+    #[arg(long, value_name = "SECS")]
+    pub unknown_ttl: Option<f64>,
+    /// At most this many bytes of such writes are held.
+    #[arg(long, value_name = "BYTES")]
+    pub unknown_budget: Option<u64>,
 }
 
 /// Arguments of `gammaray crawl`.
@@ -94,6 +133,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Crawl(args) => crawl::run(&args),
         Command::Capture(args) => capture::run(&args),
+        Command::Replay(args) => replay::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,377 @@
+//! `gammaray replay`: follow a recorded dm-log-writes trace over the image
+//! it started from, emitting file events and, optionally, the final state
+//! listing.
+//!
+//! The base image is opened read-only; the trace's writes are kept in an
+//! [`OverlayDevice`] in memory. Each write is shown to every partition's
+//! inference *before* it is applied, so the inference can compare old and
+//! new contents.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use gammaray_core::{
+    BlockDevice, DiskWrite, Error as CoreError, EventKind, FileDevice, FileEvent, InferConfig,
+    Inference, OverlayDevice, SliceDevice, WriteFlags,
+};
+use gammaray_qemu::dmlog::{ReadOptions, TraceError, TraceReader};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::crawl::{crawl_partitions, drivers, part_listing, sort_listing, Warnings};
+use crate::ReplayArgs;
+
+/// One partition whose writes are followed.
+struct Follower {
+    number: u32,
+    start: u64,
+    len: u64,
+    fs: &'static str,
+    inference: Box<dyn Inference>,
+}
+
+/// Where events go, stamped with sequence number, host and VM.
+struct EventSink {
+    out: Box<dyn Write>,
+    path: String,
+    host: String,
+    vm: String,
+    seq: u64,
+    by_kind: BTreeMap<&'static str, u64>,
+}
+
+impl EventSink {
+    fn emit(&mut self, events: &mut Vec<FileEvent>) -> Result<()> {
+        for e in events.drain(..) {
+            self.seq += 1;
+            *self.by_kind.entry(e.kind.as_str()).or_default() += 1;
+            let line = e.to_json(self.seq, &self.host, &self.vm);
+            self.out
+                .write_all(line.as_bytes())
+                .and_then(|()| self.out.write_all(b"\n"))
+                .with_context(|| format!("writing events to {}", self.path))?;
+        }
+        Ok(())
+    }
+}
+
+/// This machine's host name (Linux), or `localhost`.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// A progress bar over the trace's bytes, hidden unless stderr is a terminal.
+fn trace_bar(len: u64) -> ProgressBar {
+    let pb = if std::io::stderr().is_terminal() {
+        ProgressBar::new(len)
+    } else {
+        ProgressBar::hidden()
+    };
+    pb.set_style(
+        ProgressStyle::with_template(
+            "replay [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb
+}
+
+/// The request as a partition's inference sees it, or `None` if it does
+/// not touch the partition. Marks carry a label, not a range, and go to
+/// every partition unchanged.
+fn for_partition(w: &DiskWrite, f: &Follower) -> Option<DiskWrite> {
+    if w.flags.contains(WriteFlags::MARK) {
+        return Some(w.clone());
+    }
+    w.clip(f.start, f.len)
+}
+
+/// Runs `gammaray replay`.
+pub fn run(args: &ReplayArgs) -> Result<()> {
+    let started = Instant::now();
+    let base = FileDevice::open(&args.disk)
+        .with_context(|| format!("opening --disk {}", args.disk.display()))?;
+    let trace_file =
+        File::open(&args.log).with_context(|| format!("opening --log {}", args.log.display()))?;
+    let trace_len = trace_file.metadata().map(|m| m.len()).unwrap_or(0);
+    let is_file = trace_file.metadata().map(|m| m.is_file()).unwrap_or(false);
+    // A writer that stopped without a final flush leaves entries past the
+    // super's count; on a regular file they are real. (On a block device,
+    // stale entries of an older run may follow, so stop at the count.)
+    let opts = ReadOptions {
+        past_super_count: is_file,
+        tail: None,
+    };
+    let mut reader = TraceReader::with_options(trace_file, opts)
+        .with_context(|| format!("reading --log {}", args.log.display()))?;
+
+    let mut cfg = InferConfig::default();
+    if let Some(secs) = args.unknown_ttl {
+        if !secs.is_finite() || secs < 0.0 {
+            bail!("--unknown-ttl {secs}: expected a non-negative number of seconds");
+        }
+        cfg.unknown_ttl_ns = (secs * 1e9) as u64;
+    }
+    if let Some(b) = args.unknown_budget {
+        cfg.unknown_budget_bytes = b;
+    }
+
+    // Crawl the base image and start one inference per file system.
+    let mut warnings = Warnings::default();
+    let drivers = drivers();
+    let (_, crawled) = crawl_partitions(&base, &args.disk, &drivers, &mut warnings)?;
+    let mut followers = Vec::new();
+    let mut skipped = Vec::new();
+    for c in crawled {
+        let p = &c.partition;
+        let driver = &drivers[c.driver];
+        let pdev = SliceDevice::new(&base, p.start, p.len)
+            .with_context(|| format!("partition {} does not fit in the disk", p.number))?;
+        match driver.infer(&pdev, c.model, &cfg) {
+            Ok(inference) => followers.push(Follower {
+                number: p.number,
+                start: p.start,
+                len: p.len,
+                fs: driver.name(),
+                inference,
+            }),
+            Err(e @ CoreError::Unsupported { .. }) => {
+                eprintln!(
+                    "gammaray: partition {} ({}): {} inference unsupported ({e}); its writes are not followed",
+                    p.number,
+                    driver.name(),
+                    driver.name()
+                );
+                skipped.push(format!("partition {} ({})", p.number, driver.name()));
+            }
+            Err(e) => {
+                warnings.report(
+                    &format!(
+                        "partition {} ({}): starting inference",
+                        p.number,
+                        driver.name()
+                    ),
+                    &e,
+                );
+                skipped.push(format!("partition {} ({})", p.number, driver.name()));
+            }
+        }
+    }
+    if followers.is_empty() {
+        let why = if skipped.is_empty() {
+            "no partition holds a file system gammaray knows".to_string()
+        } else {
+            format!("no inference for {}", skipped.join(", "))
+        };
+        bail!("nothing to replay on --disk {}: {why}", args.disk.display());
+    }
+
+    let host = args.host.clone().unwrap_or_else(hostname);
+    let vm = args.vm.clone().unwrap_or_else(|| {
+        args.disk
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "vm".into())
+    });
+    let (out, path): (Box<dyn Write>, String) = match &args.events {
+        Some(p) => (
+            Box::new(BufWriter::with_capacity(
+                1 << 20,
+                File::create(p).with_context(|| format!("creating --events {}", p.display()))?,
+            )),
+            p.display().to_string(),
+        ),
+        None => (
+            Box::new(BufWriter::with_capacity(1 << 20, std::io::stdout())),
+            "stdout".into(),
+        ),
+    };
+    let mut sink = EventSink {
+        out,
+        path,
+        host,
+        vm,
+        seq: 0,
+        by_kind: BTreeMap::new(),
+    };
+
+    // Follow the trace.
+    let mut overlay = OverlayDevice::new(Box::new(base.clone()));
+    let bar = trace_bar(trace_len);
+    let replay_started = Instant::now();
+    let mut events: Vec<FileEvent> = Vec::new();
+    let mut entries = 0u64;
+    let mut last_ts = 0u64;
+    let mut trace_error: Option<TraceError> = None;
+    for item in &mut reader {
+        let entry = match item {
+            Ok(e) => e,
+            Err(e) => {
+                trace_error = Some(e);
+                break;
+            }
+        };
+        entries += 1;
+        let w = entry.write;
+        if w.ts_ns > last_ts {
+            last_ts = w.ts_ns;
+            for f in &mut followers {
+                let before = SliceDevice::new(&overlay, f.start, f.len)?;
+                f.inference.tick(&before, w.ts_ns, &mut events);
+            }
+        }
+        for f in &mut followers {
+            if let Some(clipped) = for_partition(&w, f) {
+                let before = SliceDevice::new(&overlay, f.start, f.len)?;
+                f.inference.write(&before, &clipped, &mut events);
+            }
+        }
+        overlay.apply(&w);
+        sink.emit(&mut events)?;
+        // Cheap: indicatif only redraws a few times a second.
+        bar.set_position(entry.log_offset);
+    }
+    bar.finish_and_clear();
+    sink.out
+        .flush()
+        .with_context(|| format!("writing events to {}", sink.path))?;
+    let replay_time = replay_started.elapsed();
+
+    match trace_error {
+        None => {}
+        Some(e) if entries == 0 => {
+            bail!("--log {}: no entry could be read: {e}", args.log.display());
+        }
+        Some(e @ TraceError::Truncated { .. }) => {
+            eprintln!(
+                "gammaray: warning: --log {} has a truncated tail ({e}); replayed the {entries} entries before it",
+                args.log.display()
+            );
+        }
+        Some(e) => {
+            eprintln!(
+                "gammaray: warning: --log {}: bad entry ({e}); stopped after {entries} entries",
+                args.log.display()
+            );
+        }
+    }
+
+    // The final state, hashed from the disk as the trace leaves it.
+    if let Some(state) = &args.state {
+        let mut all = Vec::new();
+        for f in &followers {
+            let pdev = SliceDevice::new(&overlay, f.start, f.len)?;
+            all.extend(part_listing(
+                f.number,
+                f.inference.model(),
+                args.hash.then_some(&pdev as &dyn BlockDevice),
+                &mut warnings,
+            ));
+        }
+        sort_listing(&mut all);
+        let file =
+            File::create(state).with_context(|| format!("creating --state {}", state.display()))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        gammaray_core::listing::write_lines(&all, &mut out)
+            .and_then(|()| out.flush())
+            .with_context(|| format!("writing --state {}", state.display()))?;
+    }
+
+    summary(
+        &args.log,
+        entries,
+        &overlay,
+        &sink,
+        &followers,
+        replay_time.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
+        warnings.count,
+    );
+    Ok(())
+}
+
+/// The summary line on stderr.
+#[allow(clippy::too_many_arguments)]
+fn summary(
+    log: &Path,
+    entries: u64,
+    overlay: &OverlayDevice,
+    sink: &EventSink,
+    followers: &[Follower],
+    replay_secs: f64,
+    total_secs: f64,
+    warnings: usize,
+) {
+    let st = overlay.stats();
+    let kinds: Vec<String> = [
+        EventKind::Create,
+        EventKind::Delete,
+        EventKind::Modify,
+        EventKind::Attrib,
+        EventKind::Move,
+        EventKind::Lost,
+    ]
+    .iter()
+    .map(|k| {
+        format!(
+            "{} {}",
+            k.as_str(),
+            sink.by_kind.get(k.as_str()).unwrap_or(&0)
+        )
+    })
+    .collect();
+    let counters: Vec<String> = followers
+        .iter()
+        .flat_map(|f| {
+            f.inference
+                .counters()
+                .into_iter()
+                .filter(|c| c.value != 0)
+                .map(move |c| format!("p{}.{}={}", f.number, c.name, c.value))
+        })
+        .collect();
+    let parts: Vec<String> = followers
+        .iter()
+        .map(|f| format!("{} ({})", f.number, f.fs))
+        .collect();
+    let secs = replay_secs.max(1e-9);
+    let mut line = format!(
+        "gammaray: replayed {}: {entries} entries, {} writes, {} bytes, {} flushes, {} discards, {} zeroes; \
+         {} events ({}); partitions {}; held {} bytes; {:.3} s replay ({:.1} MB/s, {:.0} writes/s), {:.3} s total",
+        log.display(),
+        st.writes,
+        st.bytes,
+        st.flushes,
+        st.discards,
+        st.zeroes,
+        sink.seq,
+        kinds.join(", "),
+        parts.join(", "),
+        overlay.bytes_held(),
+        replay_secs,
+        st.bytes as f64 / 1e6 / secs,
+        st.writes as f64 / secs,
+        total_secs,
+    );
+    if st.clipped > 0 {
+        line.push_str(&format!(
+            "; {} requests clipped at the disk's end ({} bytes)",
+            st.clipped, st.clipped_bytes
+        ));
+    }
+    if !counters.is_empty() {
+        line.push_str(&format!("; counters: {}", counters.join(" ")));
+    }
+    if warnings > 0 {
+        line.push_str(&format!("; {warnings} warnings"));
+    }
+    eprintln!("{line}");
+}
