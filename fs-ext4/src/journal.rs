@@ -16,7 +16,8 @@
 //!
 //! Not handled: the fast-commit area (its blocks carry no jbd2 header; the
 //! log wraps before it), the v1 `COMPAT_CHECKSUM` crc32 commit checksum
-//! (treated as absent), and the journal superblock's own checksum.
+//! (treated as absent). The journal superblock's own checksum is checked
+//! only on request ([`superblock_checksum_ok`]).
 //!
 //! Byte offsets in errors are those the caller passes in; [`walk_transaction`]
 //! reports offsets inside the journal (logical block × block size).
@@ -503,6 +504,22 @@ pub fn commit_checksum_ok(sb: &JournalSuperblock, b: &[u8]) -> bool {
         return false;
     };
     crc_with_hole(sb.csum_seed, b, COMMIT_CHKSUM_OFFSET) == be32(b, COMMIT_CHKSUM_OFFSET)
+}
+
+/// Byte offset of `s_checksum` in the journal superblock.
+const SB_CHECKSUM_OFFSET: usize = 0xFC;
+
+/// True if the journal superblock's own checksum (`s_checksum`, crc32c of
+/// its 1024 bytes) is right; always true without csum v2/v3, false when `b`
+/// is shorter than 1024 bytes.
+pub fn superblock_checksum_ok(sb: &JournalSuperblock, b: &[u8]) -> bool {
+    if !sb.csum_v2or3() {
+        return true;
+    }
+    let Some(b) = b.get(..SUPERBLOCK_SIZE) else {
+        return false;
+    };
+    crc_with_hole(!0, b, SB_CHECKSUM_OFFSET) == be32(b, SB_CHECKSUM_OFFSET)
 }
 
 /// True if a descriptor or revoke block's tail checksum is right (always
@@ -1272,6 +1289,60 @@ mod tests {
         // Read errors pass through.
         let e = walk_transaction(&s, 1, 5, 3, &mut |_, _| Err(Error::corrupt("x", 1, "y")));
         assert!(e.is_err());
+    }
+
+    #[test]
+    fn random_journals_never_panic_or_hang() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..300 {
+            let inc = (rnd() as u32) & 0x3F;
+            let s = sb(32, inc & !incompat::FAST_COMMIT);
+            let mut j = J::new(&s);
+            for l in 1..32 {
+                let mut b: Vec<u8> = (0..BS).map(|_| rnd() as u8).collect();
+                // Mostly plausible headers of the same sequence.
+                if rnd() % 4 != 0 {
+                    put32(&mut b, 0, JBD2_MAGIC);
+                    put32(&mut b, 4, (rnd() % 6) as u32);
+                    put32(&mut b, 8, 5);
+                    put32(&mut b, HEADER_SIZE, (rnd() % 1100) as u32);
+                }
+                j.put(l, b);
+            }
+            let start = 1 + (rnd() % 31) as u32;
+            let commit = 1 + (rnd() % 31) as u32;
+            let mut reads = 0u32;
+            let _ = walk_transaction(&s, start, 5, commit, &mut |l, buf| {
+                reads += 1;
+                assert!(reads <= 2 * 32, "round {round}: too many reads");
+                buf.copy_from_slice(&j.blocks[l as usize]);
+                Ok(())
+            });
+            for l in 0..32 {
+                let _ = descriptor_tags(&s, &j.blocks[l], 0);
+                let _ = revoke_records(&s, &j.blocks[l], 0);
+                let _ = commit_checksum_ok(&s, &j.blocks[l]);
+                let _ = JournalSuperblock::from_bytes(&j.blocks[l], 0);
+            }
+        }
+    }
+
+    #[test]
+    fn superblock_checksum() {
+        let s = sb(64, incompat::CSUM_V3);
+        let mut b = sb_bytes(64, incompat::CSUM_V3);
+        assert!(!superblock_checksum_ok(&s, &b));
+        let c = crc_with_hole(!0, &b, SB_CHECKSUM_OFFSET);
+        put32(&mut b, SB_CHECKSUM_OFFSET, c);
+        assert!(superblock_checksum_ok(&s, &b));
+        assert!(!superblock_checksum_ok(&s, &b[..1000]));
+        assert!(superblock_checksum_ok(&sb(64, 0), &[]));
     }
 
     #[test]

@@ -252,6 +252,11 @@ fn check(case: &Case) {
         case.name
     );
     assert_eq!(sb.is_64bit(), case.bit64, "{}", case.name);
+    assert!(
+        journal::superblock_checksum_ok(&sb, &journal[0]),
+        "{}",
+        case.name
+    );
     let first = truth.keys().next().copied().unwrap();
     assert_eq!(sb.sequence, first, "{}", case.name);
     assert_eq!(sb.start, truth[&first].start, "{}", case.name);
@@ -305,6 +310,24 @@ fn check(case: &Case) {
         if w.escape_first && !w.homes.is_empty() {
             assert!(t.blocks[0].escaped, "{ctx}: first block not escaped");
         }
+        // The same transaction rotated round the log so that it wraps from
+        // the last journal block back to s_first: same homes, positions
+        // rotated likewise.
+        let (first, len) = (sb.first, sb.maxlen - sb.first);
+        let k = (sb.maxlen - 3 - logged.start) % len;
+        let rot = |l: u32| first + (l - first + k) % len;
+        let unrot = |l: u32| first + (l - first + len - k) % len;
+        let mut rotated = |l: u32, buf: &mut [u8]| -> Result<()> {
+            buf.copy_from_slice(&journal[unrot(l) as usize]);
+            Ok(())
+        };
+        let r = journal::walk_transaction(&sb, rot(logged.start), *seq, rot(commit), &mut rotated)
+            .unwrap_or_else(|e| panic!("{ctx} rotated: {e}"));
+        let got: Vec<(u64, u32)> = r.blocks.iter().map(|b| (b.home, b.logical)).collect();
+        let want: Vec<(u64, u32)> = logged.blocks.iter().map(|&(h, l, _)| (h, rot(l))).collect();
+        assert_eq!(got, want, "{ctx} rotated");
+        assert_eq!((r.len, &r.revoked), (t.len, &t.revoked), "{ctx} rotated");
+        assert_eq!(r.bad_tag_checksums, 0, "{ctx} rotated");
         // Damaging the commit block makes the walk fail under checksums.
         if sb.csum_v2or3() {
             let mut bad = |l: u32, buf: &mut [u8]| -> Result<()> {
