@@ -18,7 +18,7 @@ use gammaray_core::{
     BlockDevice, DiskWrite, Error as CoreError, EventKind, FileDevice, FileEvent, InferConfig,
     Inference, OverlayDevice, SliceDevice, WriteFlags,
 };
-use gammaray_qemu::dmlog::{ReadOptions, TraceError, TraceReader};
+use gammaray_qemu::dmlog::{ReadOptions, TraceEntry, TraceError, TraceReader};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::crawl::{crawl_partitions, drivers, part_listing, sort_listing, Warnings};
@@ -92,6 +92,47 @@ fn for_partition(w: &DiskWrite, f: &Follower) -> Option<DiskWrite> {
         return Some(w.clone());
     }
     w.clip(f.start, f.len)
+}
+
+/// Feeds every entry of `trace` to the followers, then applies it to
+/// `overlay`, and emits the events. Returns the number of entries read and
+/// the error that ended the trace early, if any.
+fn follow(
+    trace: &mut dyn Iterator<Item = Result<TraceEntry, TraceError>>,
+    overlay: &mut OverlayDevice,
+    followers: &mut [Follower],
+    sink: &mut EventSink,
+    bar: &ProgressBar,
+) -> Result<(u64, Option<TraceError>)> {
+    let mut events: Vec<FileEvent> = Vec::new();
+    let mut entries = 0u64;
+    let mut last_ts = 0u64;
+    for item in trace {
+        let entry = match item {
+            Ok(e) => e,
+            Err(e) => return Ok((entries, Some(e))),
+        };
+        entries += 1;
+        let w = entry.write;
+        if w.ts_ns > last_ts {
+            last_ts = w.ts_ns;
+            for f in followers.iter_mut() {
+                let before = SliceDevice::new(&*overlay, f.start, f.len)?;
+                f.inference.tick(&before, w.ts_ns, &mut events);
+            }
+        }
+        for f in followers.iter_mut() {
+            if let Some(clipped) = for_partition(&w, f) {
+                let before = SliceDevice::new(&*overlay, f.start, f.len)?;
+                f.inference.write(&before, &clipped, &mut events);
+            }
+        }
+        overlay.apply(&w);
+        sink.emit(&mut events)?;
+        // Cheap: indicatif only redraws a few times a second.
+        bar.set_position(entry.log_offset);
+    }
+    Ok((entries, None))
 }
 
 /// Runs `gammaray replay`.
@@ -207,38 +248,8 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
     let mut overlay = OverlayDevice::new(Box::new(base.clone()));
     let bar = trace_bar(trace_len);
     let replay_started = Instant::now();
-    let mut events: Vec<FileEvent> = Vec::new();
-    let mut entries = 0u64;
-    let mut last_ts = 0u64;
-    let mut trace_error: Option<TraceError> = None;
-    for item in &mut reader {
-        let entry = match item {
-            Ok(e) => e,
-            Err(e) => {
-                trace_error = Some(e);
-                break;
-            }
-        };
-        entries += 1;
-        let w = entry.write;
-        if w.ts_ns > last_ts {
-            last_ts = w.ts_ns;
-            for f in &mut followers {
-                let before = SliceDevice::new(&overlay, f.start, f.len)?;
-                f.inference.tick(&before, w.ts_ns, &mut events);
-            }
-        }
-        for f in &mut followers {
-            if let Some(clipped) = for_partition(&w, f) {
-                let before = SliceDevice::new(&overlay, f.start, f.len)?;
-                f.inference.write(&before, &clipped, &mut events);
-            }
-        }
-        overlay.apply(&w);
-        sink.emit(&mut events)?;
-        // Cheap: indicatif only redraws a few times a second.
-        bar.set_position(entry.log_offset);
-    }
+    let (entries, trace_error) =
+        follow(&mut reader, &mut overlay, &mut followers, &mut sink, &bar)?;
     bar.finish_and_clear();
     sink.out
         .flush()
@@ -374,4 +385,137 @@ fn summary(
         line.push_str(&format!("; {warnings} warnings"));
     }
     eprintln!("{line}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use gammaray_core::{Counter, FileType, FsModel};
+    use std::sync::{Arc, Mutex};
+
+    /// Records what it was shown: (offset, len, flags, the 4 bytes at the
+    /// write's offset *before* it) and emits one modify event per write.
+    struct Spy {
+        seen: Arc<Mutex<Vec<(u64, u64, WriteFlags, Vec<u8>)>>>,
+        model: FsModel,
+    }
+
+    impl Inference for Spy {
+        fn write(&mut self, before: &dyn BlockDevice, w: &DiskWrite, out: &mut Vec<FileEvent>) {
+            let mut b = vec![0u8; 4];
+            if w.len > 0 && !w.flags.contains(WriteFlags::MARK) {
+                before.read_at(w.offset, &mut b).unwrap();
+            }
+            self.seen
+                .lock()
+                .unwrap()
+                .push((w.offset, w.len, w.flags, b));
+            if w.has_data() {
+                out.push(FileEvent::new(
+                    1,
+                    EventKind::Modify,
+                    "/f".into(),
+                    FileType::File,
+                    12,
+                ));
+            }
+        }
+        fn tick(&mut self, _: &dyn BlockDevice, _: u64, _: &mut Vec<FileEvent>) {}
+        fn model(&self) -> &FsModel {
+            &self.model
+        }
+        fn counters(&self) -> Vec<Counter> {
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn inference_sees_each_write_clipped_and_before_it_is_applied() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let spy = Spy {
+            seen: seen.clone(),
+            model: FsModel::new("spy", 4096, 2),
+        };
+        let mut followers = vec![Follower {
+            number: 1,
+            start: 4096,
+            len: 8192,
+            fs: "spy",
+            inference: Box::new(spy),
+        }];
+        let mut overlay = OverlayDevice::new(Box::new(vec![0u8; 16384]));
+        let trace: Vec<Result<TraceEntry, TraceError>> = [
+            DiskWrite::write(0, 4096, Bytes::from(vec![1u8; 4096])),
+            DiskWrite::write(1, 4096, Bytes::from(vec![2u8; 512])),
+            DiskWrite::flush(2),
+            // Straddles the partition's end: only 512 bytes are inside.
+            DiskWrite::write(3, 12288 - 512, Bytes::from(vec![3u8; 1024])),
+            // Wholly outside.
+            DiskWrite::write(4, 0, Bytes::from(vec![4u8; 512])),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, write)| {
+            Ok(TraceEntry {
+                index: i as u64,
+                log_offset: 0,
+                write,
+            })
+        })
+        .collect();
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        struct Shared(Arc<Mutex<Vec<u8>>>);
+        impl Write for Shared {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut sink = EventSink {
+            out: Box::new(Shared(buf.clone())),
+            path: "test".into(),
+            host: "h".into(),
+            vm: "v".into(),
+            seq: 0,
+            by_kind: BTreeMap::new(),
+        };
+        let (n, err) = follow(
+            &mut trace.into_iter(),
+            &mut overlay,
+            &mut followers,
+            &mut sink,
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
+        assert_eq!((n, err.is_none()), (5, true));
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            *seen,
+            vec![
+                (0, 4096, WriteFlags::empty(), vec![0; 4]),
+                (0, 512, WriteFlags::empty(), vec![1; 4]),
+                (0, 0, WriteFlags::FLUSH, vec![0; 4]),
+                (8192 - 512, 512, WriteFlags::empty(), vec![0; 4]),
+            ]
+        );
+        // The overlay has every write, including the one outside.
+        let mut b = [0u8; 1];
+        overlay.read_at(0, &mut b).unwrap();
+        assert_eq!(b, [4]);
+        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        let seqs: Vec<u64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
+        assert_eq!(sink.by_kind.get("modify"), Some(&3));
+    }
 }
