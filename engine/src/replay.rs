@@ -394,10 +394,13 @@ mod tests {
     use gammaray_core::{Counter, FileType, FsModel};
     use std::sync::{Arc, Mutex};
 
+    /// (offset, len, flags, 4 bytes before the write) per write shown.
+    type Seen = Arc<Mutex<Vec<(u64, u64, WriteFlags, Vec<u8>)>>>;
+
     /// Records what it was shown: (offset, len, flags, the 4 bytes at the
     /// write's offset *before* it) and emits one modify event per write.
     struct Spy {
-        seen: Arc<Mutex<Vec<(u64, u64, WriteFlags, Vec<u8>)>>>,
+        seen: Seen,
         model: FsModel,
     }
 
