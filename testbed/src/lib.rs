@@ -18,6 +18,8 @@
 //!   arguments), optionally with a QMP socket and a [`Pacer`] that holds
 //!   the guest at named points.
 //! - [`trace`] reads and applies dm-log-writes traces.
+//! - [`expect`] checks gammaray's file events against the workload's
+//!   operations.
 //! - [`record_capture`] records through `gammaray capture` (served disk,
 //!   live blklogwrites, live mirror) instead.
 //!
@@ -41,6 +43,7 @@ mod capture;
 mod cpio;
 pub mod disk;
 mod error;
+pub mod expect;
 mod initramfs;
 mod kernel;
 pub mod listing;
