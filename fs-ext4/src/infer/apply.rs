@@ -489,6 +489,9 @@ impl Ext4Inference {
 
         // 6. Events: deletes, moves, creates, then data and attributes.
         out.extend(deletes);
+        // Moves and creates by depth of the new path, so that a directory
+        // appears before what is created or moved into it.
+        let mut arrivals: Vec<FileEvent> = Vec::new();
         for ((_, a), old_path) in moves.iter().zip(move_old) {
             let path = self.parents.child_path(a.0, &a.1, root);
             let ftype = self
@@ -500,9 +503,9 @@ impl Ext4Inference {
             ev.old_path = Some(old_path);
             ev.size = self.model.files.get(&a.2).map(|r| r.size);
             ev.ts_ns = ts_ns;
-            out.push(ev);
+            arrivals.push(ev);
         }
-        let mut creates: Vec<FileEvent> = Vec::new();
+        let moved: HashSet<u64> = moves.iter().map(|m| m.1 .2).collect();
         let mut created: HashSet<u64> = HashSet::new();
         for (d, name, child) in &added {
             let path = self.parents.child_path(*d, name, root);
@@ -516,11 +519,11 @@ impl Ext4Inference {
             );
             ev.size = rec.map(|r| r.size);
             ev.ts_ns = ts_ns;
-            creates.push(ev);
+            arrivals.push(ev);
             created.insert(*child);
         }
-        creates.sort_by_key(|e| e.path.matches('/').count());
-        out.extend(creates);
+        arrivals.sort_by_key(|e| e.path.matches('/').count());
+        out.extend(arrivals);
 
         let files_before = &old_recs;
         for &ino in dirty {
@@ -534,6 +537,7 @@ impl Ext4Inference {
                     && ({ o.crtime } == { new.crtime } || { o.crtime.sec } == 0)
             });
             let path = self.parents.path(ino, root);
+            let first_event = out.len();
             let mut modified = false;
             if new.ftype == FileType::File {
                 let old_size = if same_file {
@@ -556,6 +560,14 @@ impl Ext4Inference {
                     m.sort_unstable();
                     m
                 };
+                if same_file && new.size < old_size {
+                    let mut ev =
+                        FileEvent::new(0, EventKind::Modify, path.clone(), FileType::File, ino);
+                    ev.size = Some(new.size);
+                    ev.ts_ns = ts_ns;
+                    out.push(ev);
+                    modified = true;
+                }
                 let mut held: HashMap<u64, (Option<Held>, Option<LostReason>)> = HashMap::new();
                 for &(_, p, n) in fresh.get(&ino).map(Vec::as_slice).unwrap_or(&[]) {
                     for b in p..p + n {
@@ -609,20 +621,16 @@ impl Ext4Inference {
                     }
                     modified = out.len() > n0;
                 }
-                if same_file && new.size < old_size {
-                    let mut ev =
-                        FileEvent::new(0, EventKind::Modify, path.clone(), FileType::File, ino);
-                    ev.size = Some(new.size);
-                    ev.ts_ns = ts_ns;
-                    out.push(ev);
-                    modified = true;
-                }
             }
             if !same_file {
                 self.data_dirty.remove(&ino);
+                self.fan_out(out, first_event, ino);
                 continue;
             }
-            let Some(old) = old else { continue };
+            let Some(old) = old else {
+                self.fan_out(out, first_event, ino);
+                continue;
+            };
             let mut changed: Vec<&'static str> = Vec::new();
             if old.mode != new.mode {
                 changed.push("mode");
@@ -633,12 +641,23 @@ impl Ext4Inference {
             if old.gid != new.gid {
                 changed.push("gid");
             }
-            let explained = modified
-                || self.data_dirty.contains(&ino)
-                || dirs_changed.contains(&ino)
+            // What sets mtime by itself: data writes, and names added to or
+            // removed from a directory (a link or rename of the file itself
+            // moves only its ctime).
+            let explained =
+                modified || self.data_dirty.contains(&ino) || dirs_changed.contains(&ino);
+            // A write or a name change sets mtime and ctime to the same
+            // "now"; utimes() (touch -d) sets mtime apart from ctime. A
+            // later chmod, chown, link or rename also moves ctime on, so
+            // mtime apart from ctime only counts when none of those
+            // happened.
+            let ctime_moved_on = !changed.is_empty()
+                || old.nlink != new.nlink
+                || moved.contains(&ino)
                 || created.contains(&ino)
                 || deleted_inodes.contains(&ino);
-            if { old.mtime } != { new.mtime } && !explained {
+            let explicit = { new.mtime } != { new.ctime } && !ctime_moved_on;
+            if { old.mtime } != { new.mtime } && (!explained || explicit) {
                 changed.push("mtime");
                 if { old.atime } != { new.atime } {
                     changed.push("atime");
@@ -655,6 +674,7 @@ impl Ext4Inference {
                 ev.ts_ns = ts_ns;
                 out.push(ev);
             }
+            self.fan_out(out, first_event, ino);
         }
     }
 }

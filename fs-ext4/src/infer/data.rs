@@ -10,6 +10,9 @@ use gammaray_core::{BlockDevice, DiskWrite, EventKind, FileEvent, LostReason};
 use super::pending::Held;
 use super::Ext4Inference;
 
+/// Events about a hard-linked file go to at most this many of its names.
+pub const MAX_LINK_PATHS: usize = 16;
+
 /// A file's mapping: `(first logical, first physical, count, written)`,
 /// sorted by logical block.
 pub(crate) type FileMap = Vec<(u64, u64, u64, bool)>;
@@ -87,7 +90,34 @@ impl Ext4Inference {
         };
         let path = self.parents.path(file, self.model.root);
         let bytes = data.slice(a + i..a + j + 1);
+        let first_event = out.len();
         self.emit_bytes(&path, file, size, fo + i as u64, bytes, w.ts_ns, out);
+        self.fan_out(out, first_event, file);
+    }
+
+    /// Copies the events from `out[from..]` (about `file`, under its first
+    /// name) to the file's other names, so that subscribers of every hard
+    /// link's channel see them. At most [`MAX_LINK_PATHS`] names.
+    pub(super) fn fan_out(&self, out: &mut Vec<FileEvent>, from: usize, file: u64) {
+        let names = self.parents.of(file);
+        if names.len() < 2 || from >= out.len() {
+            return;
+        }
+        let root = self.model.root;
+        let others: Vec<String> = names
+            .iter()
+            .skip(1)
+            .take(MAX_LINK_PATHS - 1)
+            .map(|(d, n)| self.parents.child_path(*d, n, root))
+            .collect();
+        let evs: Vec<FileEvent> = out[from..].to_vec();
+        for p in others {
+            for e in &evs {
+                let mut e = e.clone();
+                e.path = p.clone();
+                out.push(e);
+            }
+        }
     }
 
     /// `modify` events for `bytes` at file offset `offset`, split at the
@@ -167,6 +197,9 @@ impl Ext4Inference {
             return;
         }
         let max = self.cfg.max_event_data.max(1) as u64;
+        // Zeros next to holes are what the holes read as (a sparse file
+        // grown by truncate): trim them. A plain append is reported exactly.
+        let trim = kind == RangeKind::Fill || pieces.iter().any(|p| p.2 == Piece::Hole);
         for (s, e, piece) in pieces {
             match piece {
                 Piece::Hole => {}
@@ -187,7 +220,7 @@ impl Ext4Inference {
                         let ce = (cs + max).min(e);
                         let buf = self.read_file(dev, map, held, cs, ce);
                         let (mut i, mut j) = (0usize, buf.len());
-                        if kind == RangeKind::Fill {
+                        if trim {
                             while i < j && buf[i] == 0 {
                                 i += 1;
                             }
