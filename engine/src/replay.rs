@@ -94,6 +94,14 @@ fn for_partition(w: &DiskWrite, f: &Follower) -> Option<DiskWrite> {
     w.clip(f.start, f.len)
 }
 
+/// An inference sees only its partition's window and does not know the
+/// partition's number: the engine sets it.
+fn stamp_part(events: &mut [FileEvent], part: u32) {
+    for e in events {
+        e.part = part;
+    }
+}
+
 /// Feeds every entry of `trace` to the followers, then applies it to
 /// `overlay`, and emits the events. Returns the number of entries read and
 /// the error that ended the trace early, if any.
@@ -118,13 +126,17 @@ fn follow(
             last_ts = w.ts_ns;
             for f in followers.iter_mut() {
                 let before = SliceDevice::new(&*overlay, f.start, f.len)?;
+                let from = events.len();
                 f.inference.tick(&before, w.ts_ns, &mut events);
+                stamp_part(&mut events[from..], f.number);
             }
         }
         for f in followers.iter_mut() {
             if let Some(clipped) = for_partition(&w, f) {
                 let before = SliceDevice::new(&*overlay, f.start, f.len)?;
+                let from = events.len();
                 f.inference.write(&before, &clipped, &mut events);
+                stamp_part(&mut events[from..], f.number);
             }
         }
         overlay.apply(&w);
@@ -441,7 +453,7 @@ mod tests {
             model: FsModel::new("spy", 4096, 2),
         };
         let mut followers = vec![Follower {
-            number: 1,
+            number: 3,
             start: 4096,
             len: 8192,
             fs: "spy",
@@ -519,6 +531,7 @@ mod tests {
             })
             .collect();
         assert_eq!(seqs, vec![1, 2, 3]);
+        assert!(text.lines().all(|l| l.contains(r#""part":3"#)), "{text}");
         assert_eq!(sink.by_kind.get("modify"), Some(&3));
     }
 }

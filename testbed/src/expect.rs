@@ -17,9 +17,9 @@
 //! | `create`, `mkdir`, `symlink`, `link`, `mkfifo`, `mknod` | `create` at an alias |
 //! | `write P N` | `create` at an alias if `P` did not exist; `modify` events at aliases covering bytes `[0, N)` |
 //! | `copy A B` | as `write B <size of A>` |
-//! | `append P N` | `modify` covering `[size before, size before + N)` |
+//! | `append P N` | `modify` covering `[size before, size before + N)` (and a `create` if `P` did not exist; likewise for `overwrite` and `truncate`) |
 //! | `overwrite P OFF LEN` | `modify` covering `[OFF, OFF + LEN)` |
-//! | `truncate P N` | a `modify` at an alias with `size` N |
+//! | `truncate P N` | a `modify` at an alias with `size` N (any size if a later operation before the next sync resizes it again) |
 //! | `delete P`, `rmdir P` | `delete` of `P` |
 //! | `delete_tree P` | `delete` of `P` and of every name known under it |
 //! | `move A B` | `move` with `old_path` A and `path` an alias of B |
@@ -289,6 +289,10 @@ enum Need {
     Cover(Vec<String>, u64, u64),
     /// A `modify` at one of the paths with this size.
     Size(Vec<String>, u64),
+    /// A `modify` at one of the paths with any size (a truncation that a
+    /// later operation before the next sync resized again: only the final
+    /// size of the transaction reaches the disk).
+    AnySize(Vec<String>),
     /// An `attrib` at one of the paths changing one of the fields (or, if
     /// `or_create`, a `create` there).
     Attrib {
@@ -408,6 +412,23 @@ fn aliases(ops: &[(String, Vec<String>)], from: usize, p: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Whether an operation after op `at` and before the next sync changes the
+/// size of the file named by one of `paths`.
+fn resized_later(ops: &[(String, Vec<String>)], at: usize, paths: &[String]) -> bool {
+    for (verb, args) in ops.iter().skip(at + 1) {
+        match (verb.as_str(), args.as_slice()) {
+            ("sync" | "snapshot", _) => return false,
+            ("append" | "write" | "overwrite" | "truncate", [p, ..]) | ("copy", [_, p])
+                if paths.contains(p) =>
+            {
+                return true
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 /// `p` and the names the same file had earlier since op `from` (undoing
@@ -589,6 +610,11 @@ pub fn check(
             }
             ("append", [p, n]) => {
                 let n = parse_u64(n).unwrap_or(0);
+                if !names.exists(p) {
+                    // `>>` creates the file.
+                    names.add(p, 0, Some(i));
+                    needs.push(Need::Create(aliases(&parsed, i, p)));
+                }
                 let before = names.size_of(p);
                 names.set_size(p, before + n, i);
                 is_transient = new_here(&names, p) && transient(&parsed, i, p);
@@ -598,6 +624,10 @@ pub fn check(
             }
             ("overwrite", [p, off, len]) => {
                 let (off, len) = (parse_u64(off).unwrap_or(0), parse_u64(len).unwrap_or(0));
+                if !names.exists(p) {
+                    names.add(p, 0, Some(i));
+                    needs.push(Need::Create(aliases(&parsed, i, p)));
+                }
                 let size = names.size_of(p).max(off + len);
                 names.set_size(p, size, i);
                 is_transient = new_here(&names, p) && transient(&parsed, i, p);
@@ -607,9 +637,18 @@ pub fn check(
             }
             ("truncate", [p, n]) => {
                 let n = parse_u64(n).unwrap_or(0);
+                if !names.exists(p) {
+                    names.add(p, 0, Some(i));
+                    needs.push(Need::Create(aliases(&parsed, i, p)));
+                }
                 names.set_size(p, n, i);
                 is_transient = new_here(&names, p) && transient(&parsed, i, p);
-                needs.push(Need::Size(aliases(&parsed, i, p), n));
+                let al = aliases(&parsed, i, p);
+                if resized_later(&parsed, i, &al) {
+                    needs.push(Need::AnySize(al));
+                } else {
+                    needs.push(Need::Size(al, n));
+                }
             }
             ("delete" | "rmdir", [p]) => {
                 is_transient = new_here(&names, p);
@@ -758,6 +797,10 @@ fn satisfy(need: &Need, events: &[Event], used: &mut [bool]) -> Option<String> {
         Need::Size(paths, n) => {
             (!mark(&|e| e.event == "modify" && paths.contains(&e.path) && e.size == Some(*n)))
                 .then(|| format!("modify of {} with size {n}", paths.join(" or ")))
+        }
+        Need::AnySize(paths) => {
+            (!mark(&|e| e.event == "modify" && paths.contains(&e.path) && e.size.is_some()))
+                .then(|| format!("modify of {} with a size", paths.join(" or ")))
         }
         Need::Attrib {
             paths,
@@ -1096,6 +1139,25 @@ mod tests {
             "the move's target never reached the disk"
         );
         assert!(!r.ops[3].required, "chmod to the same mode");
+    }
+
+    #[test]
+    fn truncate_then_append_in_one_window_needs_only_the_final_size() {
+        let ops = ops(&[
+            "OP truncate /log 0",
+            "OP append /log 4",
+            "OP append /new 2",
+            "OP sync",
+        ]);
+        let initial = vec![entry("/log", "file", 9, None)];
+        let events = vec![
+            modify(1, "/log", 12, 0, b"abc\n", 4),
+            ev(2, "create", "/new", 13),
+            modify(3, "/new", 13, 0, b"x\n", 2),
+        ];
+        let r = check(&ops, &events, &initial, &[]);
+        assert!(r.passed(), "{r}");
+        assert!(r.surplus.is_empty(), "{r}");
     }
 
     #[test]
