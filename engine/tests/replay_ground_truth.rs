@@ -184,6 +184,26 @@ fn check(w: Workload, dir: &Path) -> Result<(), String> {
     let mut problems = Vec::new();
     let got = listing::read(&state).map_err(|e| format!("--state {}: {e}", state.display()))?;
 
+    // --hash must hash every regular file (the listing diff compares
+    // sha256 only where the replay gave one).
+    let unhashed: Vec<&str> = got
+        .iter()
+        .filter(|e| e.kind == "file" && e.sha256.is_none())
+        .map(|e| e.path.as_str())
+        .collect();
+    if !unhashed.is_empty() {
+        problems.push(format!(
+            "--state has no sha256 for {} files: {}",
+            unhashed.len(),
+            unhashed
+                .iter()
+                .take(10)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+
     // (a) the state equals the guest's listing.
     let diff = listing::diff(&rec.truth.listing, &got);
     if !diff.is_empty() {

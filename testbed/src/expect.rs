@@ -22,14 +22,16 @@
 //! | `truncate P N` | a `modify` at an alias with `size` N (any size if a later operation before the next sync resizes it again) |
 //! | `delete P`, `rmdir P` | `delete` of `P` |
 //! | `delete_tree P` | `delete` of `P` and of every name known under it |
-//! | `move A B` | `move` with `old_path` A and `path` an alias of B |
+//! | `move A B` | `move` with `old_path` A and `path` an alias of B (a `delete` of a B it replaces is expected, not required) |
 //! | `chmod` / `chown` / `touch` | `attrib` at an alias whose `changed` has `mode` / `uid` or `gid` / `mtime` |
 //!
 //! Relaxations, each for a reason:
 //! - operations after the last sync are not required (they may never have
 //!   reached the disk), but their events still count as expected;
-//! - a name created and removed again between two syncs may never reach
-//!   the disk: no operation on it is required;
+//! - a name removed again before the next sync may never reach the disk
+//!   as it was: no operation on it is required except the removal of a
+//!   name that existed at the previous sync (a file written and then
+//!   deleted between two syncs needs its `delete`, not its `modify`);
 //! - `move A B` of a name created since the last sync may show as a
 //!   `create` of B; `chmod`/`chown`/`touch` of a name created since the last
 //!   sync may show only as its `create` (the inode is new, its attributes
@@ -40,6 +42,8 @@
 //!   replaying every `modify` event of a file created during the trace (its
 //!   `data_b64` at `offset`, its `size` as a truncation) must give the
 //!   sha256 the guest's final listing has ([`Report::content`]);
+//! - data and attribute operations accept events under any hard link of
+//!   the file;
 //! - range coverage is matched by path, not by inode, so after a log
 //!   rotation the old file's events at the same name also count.
 //!
@@ -414,6 +418,23 @@ fn aliases(ops: &[(String, Vec<String>)], from: usize, p: &str) -> Vec<String> {
     out
 }
 
+/// The aliases of `p` and of every other hard link to the same file: data
+/// and attributes are the file's, and an inference may report them under
+/// any of its names.
+fn every_name(names: &Names, ops: &[(String, Vec<String>)], at: usize, p: &str) -> Vec<String> {
+    let mut out = aliases(ops, at, p);
+    if let Some(id) = names.file.get(p) {
+        for (other, _) in names
+            .file
+            .iter()
+            .filter(|(k, v)| *v == id && k.as_str() != p)
+        {
+            out.extend(aliases(ops, at, other));
+        }
+    }
+    out
+}
+
 /// Whether an operation after op `at` and before the next sync changes the
 /// size of the file named by one of `paths`.
 fn resized_later(ops: &[(String, Vec<String>)], at: usize, paths: &[String]) -> bool {
@@ -551,7 +572,9 @@ pub fn check(
         let new_here =
             |names: &Names, p: &str| names.created_at.get(p).is_some_and(|&c| c >= window_start);
         let mut needs: Vec<Need> = Vec::new();
-        // A name created since the last sync and gone before the next one.
+        // Events that are explained by this operation but not required.
+        let mut optional: Vec<Need> = Vec::new();
+        // A name that is gone again before the next sync.
         let mut is_transient = false;
         match (verb.as_str(), args.as_slice()) {
             ("sync" | "snapshot", _) => {
@@ -590,7 +613,7 @@ pub fn check(
                     needs.push(Need::Create(al.clone()));
                 }
                 names.set_size(p, n, i);
-                is_transient = new_here(&names, p) && transient(&parsed, i, p);
+                is_transient = transient(&parsed, i, p);
                 if n > 0 {
                     needs.push(Need::Cover(al, 0, n));
                 }
@@ -603,7 +626,7 @@ pub fn check(
                     needs.push(Need::Create(al.clone()));
                 }
                 names.set_size(b, n, i);
-                is_transient = new_here(&names, b) && transient(&parsed, i, b);
+                is_transient = transient(&parsed, i, b);
                 if n > 0 {
                     needs.push(Need::Cover(al, 0, n));
                 }
@@ -617,9 +640,13 @@ pub fn check(
                 }
                 let before = names.size_of(p);
                 names.set_size(p, before + n, i);
-                is_transient = new_here(&names, p) && transient(&parsed, i, p);
+                is_transient = transient(&parsed, i, p);
                 if n > 0 {
-                    needs.push(Need::Cover(aliases(&parsed, i, p), before, before + n));
+                    needs.push(Need::Cover(
+                        every_name(&names, &parsed, i, p),
+                        before,
+                        before + n,
+                    ));
                 }
             }
             ("overwrite", [p, off, len]) => {
@@ -630,9 +657,13 @@ pub fn check(
                 }
                 let size = names.size_of(p).max(off + len);
                 names.set_size(p, size, i);
-                is_transient = new_here(&names, p) && transient(&parsed, i, p);
+                is_transient = transient(&parsed, i, p);
                 if len > 0 {
-                    needs.push(Need::Cover(aliases(&parsed, i, p), off, off + len));
+                    needs.push(Need::Cover(
+                        every_name(&names, &parsed, i, p),
+                        off,
+                        off + len,
+                    ));
                 }
             }
             ("truncate", [p, n]) => {
@@ -642,8 +673,8 @@ pub fn check(
                     needs.push(Need::Create(aliases(&parsed, i, p)));
                 }
                 names.set_size(p, n, i);
-                is_transient = new_here(&names, p) && transient(&parsed, i, p);
-                let al = aliases(&parsed, i, p);
+                is_transient = transient(&parsed, i, p);
+                let al = every_name(&names, &parsed, i, p);
                 if resized_later(&parsed, i, &al) {
                     needs.push(Need::AnySize(al));
                 } else {
@@ -668,6 +699,12 @@ pub fn check(
                 names.remove_tree(p);
             }
             ("move", [a, b]) => {
+                if names.exists(b) && !new_here(&names, b) {
+                    // The file the move replaces goes away: its `delete` is
+                    // expected, though an inference may also report the
+                    // move alone.
+                    optional.push(Need::Delete(vec![b.clone()]));
+                }
                 let fresh = new_here(&names, a);
                 // A name that is gone again before the next sync may never
                 // reach the disk, whoever created it.
@@ -694,9 +731,9 @@ pub fn check(
                     result.skipped = Some("sets the value it already had".into());
                 }
                 let fresh = new_here(&names, p);
-                is_transient = fresh && transient(&parsed, i, p);
+                is_transient = transient(&parsed, i, p);
                 needs.push(Need::Attrib {
-                    paths: aliases(&parsed, i, p),
+                    paths: every_name(&names, &parsed, i, p),
                     fields,
                     or_create: fresh || !existed,
                 });
@@ -705,7 +742,10 @@ pub fn check(
         }
         if is_transient {
             result.required = false;
-            result.skipped = Some("name created and removed between two syncs".into());
+            result.skipped = Some("the name is removed again before the next sync".into());
+        }
+        for need in &optional {
+            let _ = satisfy(need, events, &mut used);
         }
         let mut missing = Vec::new();
         for need in &needs {
@@ -1154,6 +1194,38 @@ mod tests {
             modify(1, "/log", 12, 0, b"abc\n", 4),
             ev(2, "create", "/new", 13),
             modify(3, "/new", 13, 0, b"x\n", 2),
+        ];
+        let r = check(&ops, &events, &initial, &[]);
+        assert!(r.passed(), "{r}");
+        assert!(r.surplus.is_empty(), "{r}");
+    }
+
+    #[test]
+    fn data_written_to_a_file_deleted_before_the_sync_is_not_required() {
+        let ops = ops(&["OP write /old 5", "OP delete /old", "OP sync"]);
+        let initial = vec![entry("/old", "file", 0, None)];
+        let events = vec![ev(1, "delete", "/old", 12)];
+        let r = check(&ops, &events, &initial, &[]);
+        assert!(r.passed(), "{r}");
+        assert!(!r.ops[0].required && r.ops[1].required);
+    }
+
+    #[test]
+    fn hard_links_share_events_and_a_replaced_target_may_be_deleted() {
+        let ops = ops(&[
+            "OP link /a /b",
+            "OP append /b 2",
+            "OP move /c /a",
+            "OP sync",
+        ]);
+        let initial = vec![entry("/a", "file", 1, None), entry("/c", "file", 1, None)];
+        let mut mv = ev(4, "move", "/a", 14);
+        mv.old_path = Some("/c".into());
+        let events = vec![
+            ev(1, "create", "/b", 12),
+            modify(2, "/a", 12, 1, b"z\n", 3),
+            ev(3, "delete", "/a", 12),
+            mv,
         ];
         let r = check(&ops, &events, &initial, &[]);
         assert!(r.passed(), "{r}");
