@@ -141,15 +141,23 @@ impl FileEvent {
             size: self.size,
             offset: self.offset,
             len: self.len,
-            data_b64: self
-                .data
-                .as_ref()
-                .map(|d| base64::engine::general_purpose::STANDARD.encode(d)),
             changed: (!self.changed.is_empty()).then_some(&self.changed),
             reason: self.reason.map(LostReason::as_str),
         };
         // Serializing plain strings and numbers cannot fail.
-        serde_json::to_string(&json).unwrap_or_default()
+        let mut out = serde_json::to_string(&json).unwrap_or_default();
+        if let Some(data) = &self.data {
+            // Base64 needs no JSON escaping: append it directly (escaping
+            // checks would cost more than the encoding).
+            if out.ends_with('}') {
+                out.pop();
+                out.reserve(data.len().div_ceil(3) * 4 + 16);
+                out.push_str(",\"data_b64\":\"");
+                base64::engine::general_purpose::STANDARD.encode_string(data, &mut out);
+                out.push_str("\"}");
+            }
+        }
+        out
     }
 
     /// The channel this event is published on: `host:vm:/path`.
@@ -177,8 +185,6 @@ struct EventJson<'a> {
     offset: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     len: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data_b64: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     changed: Option<&'a Vec<&'static str>>,
     #[serde(skip_serializing_if = "Option::is_none")]

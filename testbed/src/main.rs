@@ -36,6 +36,13 @@ enum Cmd {
         /// Disk size in MiB.
         #[arg(long, default_value_t = 64)]
         disk_mib: u64,
+        /// Run this busybox ash script (with the `op_*` helpers) instead of
+        /// the workload's own; the workload then only names the recording.
+        #[arg(long)]
+        script: Option<PathBuf>,
+        /// Kill QEMU after this many seconds.
+        #[arg(long, default_value_t = 180)]
+        timeout: u64,
     },
     /// Boot the guest once with a script on a fresh (or given) disk and print
     /// the ground truth.
@@ -92,9 +99,18 @@ fn main() -> anyhow::Result<()> {
             fs,
             out,
             disk_mib,
+            script,
+            timeout,
         } => {
             let mut spec = RecordSpec::new(workload, fs, &out);
             spec.disk_mib = disk_mib;
+            spec.timeout = std::time::Duration::from_secs(timeout);
+            if let Some(path) = script {
+                spec.script = Some(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("--script {}", path.display()))?,
+                );
+            }
             let rec =
                 record(&spec).with_context(|| format!("recording {workload} on {}", fs.name()))?;
             println!(
