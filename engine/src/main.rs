@@ -54,8 +54,8 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
     /// Add each regular file's sha256 to the state listing (read from the
-    /// disk as the trace leaves it).
-    #[arg(long, requires = "state")]
+    /// disk as the trace leaves it). Without --state it has no effect.
+    #[arg(long)]
     pub hash: bool,
     /// How long writes to blocks no metadata owns yet are held (seconds of
     /// trace time).
