@@ -40,6 +40,12 @@ fn lookup(map: &FileMap, logical: u64) -> Option<(u64, bool)> {
     (logical < l + n).then(|| (p + (logical - l), written))
 }
 
+/// First logical block after `logical` where a run of `map` starts.
+fn next_mapped(map: &FileMap, logical: u64) -> Option<u64> {
+    map.get(map.partition_point(|r| r.0 <= logical))
+        .map(|r| r.0)
+}
+
 impl Ext4Inference {
     /// A write to blocks `[s, e)`, which hold `file`'s data from logical
     /// block `logical`: report the bytes inside the file's size that
@@ -174,19 +180,24 @@ impl Ext4Inference {
         let mut lb = a / bs;
         let last = (z - 1) / bs;
         while lb <= last {
-            let piece = match lookup(map, lb) {
+            let (piece, next) = match lookup(map, lb) {
                 Some((p, true)) => match held.get(&p) {
-                    Some((None, Some(why))) => Piece::Lost(*why),
-                    _ => Piece::Data,
+                    Some((None, Some(why))) => (Piece::Lost(*why), lb + 1),
+                    _ => (Piece::Data, lb + 1),
                 },
-                _ => Piece::Hole,
+                Some((_, false)) => (Piece::Hole, lb + 1),
+                // A hole runs to the next mapped block: step over it at
+                // once (a hostile i_size must not make this walk 2^50
+                // blocks).
+                None => (Piece::Hole, next_mapped(map, lb).unwrap_or(last + 1)),
             };
-            let (s, e) = ((lb * bs).max(a), ((lb + 1) * bs).min(z));
+            let next = next.clamp(lb + 1, last + 1);
+            let (s, e) = ((lb * bs).max(a), next.saturating_mul(bs).min(z));
             match pieces.last_mut() {
                 Some(last) if last.2 == piece && last.1 == s => last.1 = e,
                 _ => pieces.push((s, e, piece)),
             }
-            lb += 1;
+            lb = next;
         }
         if kind == RangeKind::Grow && pieces.iter().all(|p| p.2 == Piece::Hole) {
             // Grown over a hole (truncate to a larger size): the size says it.
@@ -299,5 +310,13 @@ mod tests {
         assert_eq!(lookup(&map, 4), None);
         assert_eq!(lookup(&map, 11), Some((201, false)));
         assert_eq!(lookup(&map, 12), None);
+    }
+
+    #[test]
+    fn next_mapped_skips_holes() {
+        let map: FileMap = vec![(0, 100, 4, true), (10, 200, 2, false)];
+        assert_eq!(next_mapped(&map, 0), Some(10));
+        assert_eq!(next_mapped(&map, 5), Some(10));
+        assert_eq!(next_mapped(&map, 10), None);
     }
 }
