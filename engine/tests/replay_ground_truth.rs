@@ -230,7 +230,11 @@ fn check(w: Workload, dir: &Path) -> Result<(), String> {
         std::fs::read_to_string(&events).map_err(|e| format!("{}: {e}", events.display()))?;
     let evs = expect::parse_events(&text)?;
     let initial = crawl_listing(&rec.base, dir, "base", false)?;
-    let report = expect::check(&rec.truth.ops, &evs, &initial, &rec.truth.listing);
+    // The guest's init syncs after the workload (before taking the truth
+    // listing), so every operation is followed by a sync.
+    let mut ops = rec.truth.ops.clone();
+    ops.push("OP sync".to_string());
+    let report = expect::check(&ops, &evs, &initial, &rec.truth.listing);
     eprintln!(
         "{w}: events checked against {} operations:\n{report}",
         rec.truth.ops.len()
