@@ -102,6 +102,48 @@ fn stamp_part(events: &mut [FileEvent], part: u32) {
     }
 }
 
+/// How long each call of [`Inference::write`] took: the figures of the
+/// replay benchmark (inference alone, without reading the trace, applying
+/// it to the overlay or writing events).
+#[derive(Debug, Default)]
+struct Timings {
+    /// Nanoseconds per call (saturating at 4 s).
+    ns: Vec<u32>,
+    /// Bytes of the requests timed.
+    bytes: u64,
+}
+
+impl Timings {
+    fn record(&mut self, d: std::time::Duration, bytes: u64) {
+        self.ns
+            .push(u32::try_from(d.as_nanos()).unwrap_or(u32::MAX));
+        self.bytes += bytes;
+    }
+
+    /// `inference: T s, X MB/s, N writes/s; per write p50 A us, p99 B us, max C us`.
+    fn describe(&mut self) -> String {
+        if self.ns.is_empty() {
+            return "inference: no writes".into();
+        }
+        self.ns.sort_unstable();
+        let total: u64 = self.ns.iter().map(|&n| u64::from(n)).sum();
+        let secs = (total as f64 / 1e9).max(1e-9);
+        let pct = |p: f64| {
+            let i = ((self.ns.len() as f64 - 1.0) * p).round() as usize;
+            f64::from(self.ns[i.min(self.ns.len() - 1)]) / 1e3
+        };
+        format!(
+            "inference: {:.3} s, {:.1} MB/s, {:.0} writes/s; per write p50 {:.1} us, p99 {:.1} us, max {:.1} us",
+            secs,
+            self.bytes as f64 / 1e6 / secs,
+            self.ns.len() as f64 / secs,
+            pct(0.50),
+            pct(0.99),
+            pct(1.0),
+        )
+    }
+}
+
 /// Feeds every entry of `trace` to the followers, then applies it to
 /// `overlay`, and emits the events. Returns the number of entries read and
 /// the error that ended the trace early, if any.
@@ -111,6 +153,7 @@ fn follow(
     followers: &mut [Follower],
     sink: &mut EventSink,
     bar: &ProgressBar,
+    timings: &mut Timings,
 ) -> Result<(u64, Option<TraceError>)> {
     let mut events: Vec<FileEvent> = Vec::new();
     let mut entries = 0u64;
@@ -135,7 +178,9 @@ fn follow(
             if let Some(clipped) = for_partition(&w, f) {
                 let before = SliceDevice::new(&*overlay, f.start, f.len)?;
                 let from = events.len();
+                let t0 = Instant::now();
                 f.inference.write(&before, &clipped, &mut events);
+                timings.record(t0.elapsed(), clipped.len);
                 stamp_part(&mut events[from..], f.number);
             }
         }
@@ -260,8 +305,15 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
     let mut overlay = OverlayDevice::new(Box::new(base.clone()));
     let bar = trace_bar(trace_len);
     let replay_started = Instant::now();
-    let (entries, trace_error) =
-        follow(&mut reader, &mut overlay, &mut followers, &mut sink, &bar)?;
+    let mut timings = Timings::default();
+    let (entries, trace_error) = follow(
+        &mut reader,
+        &mut overlay,
+        &mut followers,
+        &mut sink,
+        &bar,
+        &mut timings,
+    )?;
     bar.finish_and_clear();
     sink.out
         .flush()
@@ -317,6 +369,7 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
         replay_time.as_secs_f64(),
         started.elapsed().as_secs_f64(),
         warnings.count,
+        &mut timings,
     );
     Ok(())
 }
@@ -332,6 +385,7 @@ fn summary(
     replay_secs: f64,
     total_secs: f64,
     warnings: usize,
+    timings: &mut Timings,
 ) {
     let st = overlay.stats();
     let kinds: Vec<String> = [
@@ -390,6 +444,7 @@ fn summary(
             st.clipped, st.clipped_bytes
         ));
     }
+    line.push_str(&format!("; {}", timings.describe()));
     if !counters.is_empty() {
         line.push_str(&format!("; counters: {}", counters.join(" ")));
     }
@@ -498,15 +553,18 @@ mod tests {
             seq: 0,
             by_kind: BTreeMap::new(),
         };
+        let mut timings = Timings::default();
         let (n, err) = follow(
             &mut trace.into_iter(),
             &mut overlay,
             &mut followers,
             &mut sink,
             &ProgressBar::hidden(),
+            &mut timings,
         )
         .unwrap();
         assert_eq!((n, err.is_none()), (5, true));
+        assert_eq!(timings.ns.len(), 5);
         let seen = seen.lock().unwrap();
         assert_eq!(
             *seen,
