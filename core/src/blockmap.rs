@@ -152,19 +152,42 @@ pub struct Conflict {
     pub dropped: Run,
 }
 
+/// Runs per chunk after [`BlockMap::finish`]; a chunk that grows past twice
+/// this is split.
+const CHUNK_RUNS: usize = 1024;
+
 /// The block-owner interval map.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// The runs are sorted and kept in chunks of about [`CHUNK_RUNS`], so that a
+/// lookup is two binary searches and a change ([`BlockMap::set`],
+/// [`BlockMap::clear`]) moves at most a chunk's worth of runs, not the whole
+/// map (a file system of millions of files has millions of runs).
+#[derive(Debug, Clone, Default)]
 pub struct BlockMap {
-    runs: Vec<Run>,
+    /// Sorted, non-overlapping runs; every chunk is non-empty.
+    chunks: Vec<Vec<Run>>,
+    /// Runs pushed since the last [`BlockMap::finish`].
+    staged: Vec<Run>,
     sorted: bool,
+    count: usize,
 }
+
+impl PartialEq for BlockMap {
+    fn eq(&self, other: &Self) -> bool {
+        self.count == other.count && self.staged == other.staged && self.runs().eq(other.runs())
+    }
+}
+
+impl Eq for BlockMap {}
 
 impl BlockMap {
     /// An empty map.
     pub fn new() -> Self {
         BlockMap {
-            runs: Vec::new(),
+            chunks: Vec::new(),
+            staged: Vec::new(),
             sorted: true,
+            count: 0,
         }
     }
 
@@ -174,26 +197,34 @@ impl BlockMap {
         if len == 0 {
             return;
         }
-        if let Some(last) = self.runs.last() {
+        if let Some(last) = self.staged.last() {
             if last.start > start {
                 self.sorted = false;
             }
         }
-        self.runs.push(Run { start, len, owner });
+        self.staged.push(Run { start, len, owner });
     }
 
     /// Sorts the runs, merges runs that continue each other, and drops
     /// overlapping claims (a corrupt or hostile image can give two files the
     /// same block). Returns the conflicts found.
     pub fn finish(&mut self) -> Vec<Conflict> {
-        if !self.sorted {
-            // Stable: among equal starts the first pushed claim wins.
-            self.runs.sort_by_key(|r| r.start);
-            self.sorted = true;
+        let mut all: Vec<Run> = Vec::with_capacity(self.count + self.staged.len());
+        for c in self.chunks.drain(..) {
+            all.extend(c);
         }
+        let staged = std::mem::take(&mut self.staged);
+        if !all.is_empty() || !self.sorted {
+            all.extend(staged);
+            // Stable: among equal starts the first pushed claim wins.
+            all.sort_by_key(|r| r.start);
+        } else {
+            all = staged;
+        }
+        self.sorted = true;
         let mut conflicts = Vec::new();
-        let mut out: Vec<Run> = Vec::with_capacity(self.runs.len());
-        for mut run in self.runs.drain(..) {
+        let mut out: Vec<Run> = Vec::with_capacity(all.len());
+        for mut run in all {
             if let Some(last) = out.last_mut() {
                 let last_end = last.end();
                 if run.start < last_end {
@@ -221,16 +252,40 @@ impl BlockMap {
             }
             out.push(run);
         }
-        out.shrink_to_fit();
-        self.runs = out;
+        self.count = out.len();
+        self.chunks = out.chunks(CHUNK_RUNS).map(<[Run]>::to_vec).collect();
         conflicts
+    }
+
+    /// Index of the chunk holding the last run that starts at or before
+    /// `block`.
+    fn chunk_of(&self, block: u64) -> Option<usize> {
+        let ci = self
+            .chunks
+            .partition_point(|c| c.first().is_some_and(|r| r.start <= block));
+        ci.checked_sub(1)
+    }
+
+    /// Position of the first run that ends after `block`.
+    fn first_ending_after(&self, block: u64) -> (usize, usize) {
+        let ci = self.chunk_of(block).unwrap_or(0);
+        let Some(c) = self.chunks.get(ci) else {
+            return (self.chunks.len(), 0);
+        };
+        let ri = c.partition_point(|r| r.end() <= block);
+        if ri < c.len() {
+            (ci, ri)
+        } else {
+            (ci + 1, 0)
+        }
     }
 
     /// The run containing `block`, if any.
     pub fn run_at(&self, block: u64) -> Option<&Run> {
-        debug_assert!(self.sorted, "BlockMap::finish not called");
-        let idx = self.runs.partition_point(|r| r.start <= block);
-        let run = self.runs.get(idx.checked_sub(1)?)?;
+        debug_assert!(self.staged.is_empty(), "BlockMap::finish not called");
+        let c = self.chunks.get(self.chunk_of(block)?)?;
+        let ri = c.partition_point(|r| r.start <= block).checked_sub(1)?;
+        let run = c.get(ri)?;
         (block < run.end()).then_some(run)
     }
 
@@ -248,36 +303,68 @@ impl BlockMap {
             return;
         }
         self.clear(start, len);
-        let idx = self.runs.partition_point(|r| r.start < start);
-        self.runs.insert(idx, Run { start, len, owner });
+        let run = Run { start, len, owner };
+        self.count += 1;
+        let ci = self
+            .chunks
+            .partition_point(|c| c.first().is_some_and(|r| r.start < start))
+            .saturating_sub(1);
+        let Some(c) = self.chunks.get_mut(ci) else {
+            self.chunks.push(vec![run]);
+            return;
+        };
+        let ri = c.partition_point(|r| r.start < start);
+        c.insert(ri, run);
+        if c.len() > 2 * CHUNK_RUNS {
+            let tail = c.split_off(CHUNK_RUNS);
+            self.chunks.insert(ci + 1, tail);
+        }
     }
 
     /// Forgets every claim on `[start, start+len)` (blocks freed).
     pub fn clear(&mut self, start: u64, len: u64) {
-        debug_assert!(self.sorted, "BlockMap::finish not called");
+        debug_assert!(self.staged.is_empty(), "BlockMap::finish not called");
         let end = start.saturating_add(len);
-        let first = self.runs.partition_point(|r| r.end() <= start);
-        let mut i = first;
-        let mut pieces: Vec<Run> = Vec::new();
-        while i < self.runs.len() && self.runs[i].start < end {
-            let r = self.runs[i];
-            if r.start < start {
-                pieces.push(Run {
-                    start: r.start,
-                    len: start - r.start,
-                    owner: r.owner,
-                });
+        let (mut ci, first) = self.first_ending_after(start);
+        let mut ri = first;
+        while let Some(c) = self.chunks.get_mut(ci) {
+            let mut i = ri;
+            let mut pieces: Vec<Run> = Vec::new();
+            while let Some(&r) = c.get(i) {
+                if r.start >= end {
+                    break;
+                }
+                if r.start < start {
+                    pieces.push(Run {
+                        start: r.start,
+                        len: start - r.start,
+                        owner: r.owner,
+                    });
+                }
+                if r.end() > end {
+                    pieces.push(Run {
+                        start: end,
+                        len: r.end() - end,
+                        owner: r.owner.advance(end - r.start),
+                    });
+                }
+                i += 1;
             }
-            if r.end() > end {
-                pieces.push(Run {
-                    start: end,
-                    len: r.end() - end,
-                    owner: r.owner.advance(end - r.start),
-                });
+            let reached_end = i < c.len();
+            let removed = i - ri;
+            let added = pieces.len();
+            c.splice(ri..i, pieces);
+            self.count = (self.count + added).saturating_sub(removed);
+            if c.is_empty() {
+                self.chunks.remove(ci);
+            } else {
+                ci += 1;
             }
-            i += 1;
+            if reached_end {
+                break;
+            }
+            ri = 0;
         }
-        self.runs.splice(first..i, pieces);
     }
 
     /// Splits `[start, end)` into pieces that each have one owner:
@@ -287,14 +374,21 @@ impl BlockMap {
     pub fn segments(&self, start: u64, end: u64) -> Vec<(u64, u64, Option<Owner>)> {
         let mut out = Vec::new();
         let mut b = start;
-        let mut idx = self.runs.partition_point(|r| r.end() <= start);
+        let (ci, ri) = self.first_ending_after(start);
+        let mut it = self
+            .chunks
+            .iter()
+            .skip(ci)
+            .enumerate()
+            .flat_map(|(k, c)| c.iter().skip(if k == 0 { ri } else { 0 }))
+            .peekable();
         while b < end {
-            match self.runs.get(idx) {
+            match it.peek() {
                 Some(r) if r.start <= b => {
                     let e = r.end().min(end);
                     out.push((b, e, Some(r.owner.advance(b - r.start))));
                     b = e;
-                    idx += 1;
+                    it.next();
                 }
                 Some(r) => {
                     let e = r.start.min(end);
@@ -311,18 +405,18 @@ impl BlockMap {
     }
 
     /// Every run, in block order.
-    pub fn runs(&self) -> &[Run] {
-        &self.runs
+    pub fn runs(&self) -> impl Iterator<Item = &Run> + '_ {
+        self.chunks.iter().flatten()
     }
 
     /// Number of runs.
     pub fn len(&self) -> usize {
-        self.runs.len()
+        self.count
     }
 
     /// True when nothing is claimed.
     pub fn is_empty(&self) -> bool {
-        self.runs.is_empty()
+        self.count == 0
     }
 }
 
@@ -354,8 +448,8 @@ mod tests {
         m.push(4, 4, data(1, 4));
         m.push(6, 4, data(2, 0));
         let conflicts = m.finish();
-        assert_eq!(m.runs().len(), 2);
-        assert_eq!(m.runs()[0].len, 8);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m.runs().next().unwrap().len, 8);
         assert_eq!(conflicts.len(), 1);
         assert_eq!(conflicts[0].dropped.len, 2);
         assert_eq!(m.owner(8), Some(data(2, 2)));
@@ -380,6 +474,57 @@ mod tests {
         assert_eq!(m.segments(12, 13), vec![(12, 13, Some(data(1, 2)))]);
     }
 
+    /// Many edits across chunk boundaries agree with a plain per-block
+    /// model.
+    #[test]
+    fn chunked_edits_match_a_per_block_model() {
+        let n = 20_000u64;
+        let mut m = BlockMap::new();
+        for b in (0..n).step_by(2) {
+            m.push(b, 1, data(b, 0));
+        }
+        m.finish();
+        assert!(m.chunks.len() > 5);
+        let mut truth: Vec<Option<Owner>> = (0..n + 100)
+            .map(|b| (b % 2 == 0 && b < n).then(|| data(b, 0)))
+            .collect();
+        let mut x = 12345u64;
+        for _ in 0..3000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let s = (x >> 33) % n;
+            let l = 1 + (x >> 20) % 3000;
+            if x & 1 == 0 {
+                m.clear(s, l);
+                for b in s..(s + l).min(n + 100) {
+                    truth[b as usize] = None;
+                }
+            } else {
+                let o = data(7, s);
+                m.set(s, l, o);
+                for b in s..(s + l).min(n + 100) {
+                    truth[b as usize] = Some(o.advance(b - s));
+                }
+            }
+        }
+        for (b, t) in truth.iter().enumerate() {
+            assert_eq!(m.owner(b as u64), *t, "block {b}");
+        }
+        let segs = m.segments(0, n + 100);
+        let mut b = 0u64;
+        for (s, e, o) in segs {
+            assert_eq!(s, b);
+            assert_eq!(o, truth[s as usize]);
+            b = e;
+        }
+        assert_eq!(m.len(), m.runs().count());
+        assert!(m
+            .runs()
+            .zip(m.runs().skip(1))
+            .all(|(a, b)| a.end() <= b.start));
+    }
+
     #[test]
     fn set_and_clear_split_runs() {
         let mut m = BlockMap::new();
@@ -392,6 +537,6 @@ mod tests {
         m.clear(0, 4);
         assert_eq!(m.owner(3), None);
         assert_eq!(m.owner(4), Some(data(9, 1)));
-        assert_eq!(m.runs().len(), 2);
+        assert_eq!(m.len(), 2);
     }
 }

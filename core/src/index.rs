@@ -185,8 +185,16 @@ pub fn write_index(path: &Path, index: &DiskIndex) -> Result<u64> {
             put(names_doc(part, chunk))?;
         }
         totals.1 += rows.len() as i64;
-        for chunk in m.blocks.runs().chunks(CHUNK_ROWS) {
-            put(blocks_doc(part, chunk))?;
+        let mut chunk: Vec<crate::blockmap::Run> = Vec::with_capacity(CHUNK_ROWS);
+        for run in m.blocks.runs() {
+            chunk.push(*run);
+            if chunk.len() == CHUNK_ROWS {
+                put(blocks_doc(part, &chunk))?;
+                chunk.clear();
+            }
+        }
+        if !chunk.is_empty() {
+            put(blocks_doc(part, &chunk))?;
         }
         totals.2 += m.blocks.len() as i64;
         let mut inline: Vec<_> = m.inline.iter().collect();

@@ -8,7 +8,9 @@
 //! One module per on-disk structure, each with a `from_bytes` constructor
 //! that checks every length, offset and count once and never panics:
 //! [`superblock`], [`group_desc`], [`inode`], [`extent`], [`indirect`],
-//! [`dir`], [`xattr`]; [`crawl`] walks them.
+//! [`dir`], [`xattr`], [`journal`] (jbd2); [`crawl`] walks them, and
+//! [`infer`] follows a running guest's writes to keep the crawl's model
+//! current and to turn the writes into file events.
 //!
 //! Guest disks are hostile input. No parser panics or loops without end on
 //! any bytes, allocations sized from disk data are bounded by the device
@@ -22,7 +24,7 @@
 //! verified; the parsers do not depend on them.
 //!
 //! ```
-//! //! use gammaray_core::{FileSystem, NoProgress};
+//! use gammaray_core::{FileSystem, NoProgress};
 //! use gammaray_ext4::Ext4;
 //! // Not an ext file system: probe says no, crawl says why.
 //! let disk = vec![0u8; 4096];

@@ -73,12 +73,7 @@ fn extent_header_depth_100_is_a_warning() {
     let p = paths(&c.model);
     let id = p[std::path::Path::new("/data")];
     assert!(c.model.files.contains_key(&id));
-    assert!(c
-        .model
-        .blocks
-        .runs()
-        .iter()
-        .all(|r| r.owner.file() != Some(id)));
+    assert!(c.model.blocks.runs().all(|r| r.owner.file() != Some(id)));
     assert_eq!(
         c.model.tree.entries(p[std::path::Path::new("/dir")]).len(),
         40
@@ -94,7 +89,6 @@ fn dirent_rec_len_zero_is_a_warning() {
         .model
         .blocks
         .runs()
-        .iter()
         .find(|r| {
             r.owner
                 == Owner::DirData {
@@ -120,7 +114,6 @@ fn dirent_name_len_past_record_is_a_warning() {
         .model
         .blocks
         .runs()
-        .iter()
         .find(|r| {
             r.owner
                 == Owner::DirData {

@@ -27,7 +27,6 @@ fn check(kind: &str, extra: &[&str], size: &str, fs_type: &str, nsec: bool) {
         .model
         .blocks
         .runs()
-        .iter()
         .any(|r| matches!(r.owner, Owner::Journal { .. }));
     assert_eq!(
         has_journal,
@@ -45,18 +44,12 @@ fn check(kind: &str, extra: &[&str], size: &str, fs_type: &str, nsec: bool) {
         c.model
             .blocks
             .runs()
-            .iter()
             .filter(|r| r.owner == Owner::Xattr { file: f100 })
             .count(),
         1,
         "xattr block of /sizes/f100"
     );
-    assert!(c
-        .model
-        .blocks
-        .runs()
-        .iter()
-        .any(|r| r.owner == Owner::Superblock));
+    assert!(c.model.blocks.runs().any(|r| r.owner == Owner::Superblock));
 }
 
 #[test]
@@ -142,7 +135,6 @@ fn ext2_1k_blocks_triple_indirect() {
         .model
         .blocks
         .runs()
-        .iter()
         .filter(|r| matches!(r.owner, Owner::Indirect { .. }))
         .count();
     assert!(
@@ -217,7 +209,6 @@ fn fragmented_file_needs_deep_extent_tree() {
     let tree_blocks = m
         .blocks
         .runs()
-        .iter()
         .filter(|r| r.owner == Owner::ExtentTree { file: id })
         .map(|r| r.len)
         .sum::<u64>();
@@ -313,7 +304,6 @@ fn bit64_blocks_past_2_pow_32() {
     assert!(m
         .blocks
         .runs()
-        .iter()
         .any(|r| r.start > 1 << 32 && matches!(r.owner, Owner::InodeTable { .. })));
     let dev = gammaray_core::FileDevice::open(&image).unwrap();
     assert!(Reader::new(m).read(m, &dev, id) == data);
@@ -374,7 +364,6 @@ fn unwritten_extents_from_debugfs_fallocate() {
         .model
         .blocks
         .runs()
-        .iter()
         .filter_map(|r| match r.owner {
             Owner::Unwritten { file, logical } if file == id => {
                 assert!(logical >= 1);
@@ -555,6 +544,5 @@ fn ext4_quota_inodes_stay_hidden() {
         .model
         .blocks
         .runs()
-        .iter()
         .any(|r| r.owner == Owner::OtherMetadata));
 }

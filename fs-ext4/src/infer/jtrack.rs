@@ -38,7 +38,6 @@ impl JournalTracker {
         let mut map: Vec<(u64, u64, u64)> = model
             .blocks
             .runs()
-            .iter()
             .filter_map(|r| match r.owner {
                 Owner::Journal { logical } => Some((logical, r.start, r.len)),
                 _ => None,
