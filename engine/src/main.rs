@@ -38,9 +38,13 @@ pub struct ReplayArgs {
     /// The raw disk image the trace started from (opened read-only).
     #[arg(long, value_name = "BASE")]
     pub disk: PathBuf,
-    /// The dm-log-writes trace recorded from BASE.
-    #[arg(long, value_name = "TRACE")]
-    pub log: PathBuf,
+    /// The dm-log-writes trace recorded from BASE. Repeatable: several
+    /// traces are replayed in the order given, each continuing from the
+    /// disk the one before left (for example the boots of one VM, a crash
+    /// and the next boot's journal recovery), with one inference across
+    /// them; the summary then gives each trace's entries and events.
+    #[arg(long, value_name = "TRACE", required = true)]
+    pub log: Vec<PathBuf>,
     /// Host name in events (default: this machine's host name).
     #[arg(long, value_name = "H")]
     pub host: Option<String>,

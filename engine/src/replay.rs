@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -146,13 +146,15 @@ impl Timings {
 
 /// Feeds every entry of `trace` to the followers, then applies it to
 /// `overlay`, and emits the events. Returns the number of entries read and
-/// the error that ended the trace early, if any.
+/// the error that ended the trace early, if any. The progress bar shows
+/// `bar_base` plus the entry's offset in its trace.
 fn follow(
     trace: &mut dyn Iterator<Item = Result<TraceEntry, TraceError>>,
     overlay: &mut OverlayDevice,
     followers: &mut [Follower],
     sink: &mut EventSink,
     bar: &ProgressBar,
+    bar_base: u64,
     timings: &mut Timings,
 ) -> Result<(u64, Option<TraceError>)> {
     let mut events: Vec<FileEvent> = Vec::new();
@@ -187,7 +189,7 @@ fn follow(
         overlay.apply(&w);
         sink.emit(&mut events)?;
         // Cheap: indicatif only redraws a few times a second.
-        bar.set_position(entry.log_offset);
+        bar.set_position(bar_base + entry.log_offset);
     }
     Ok((entries, None))
 }
@@ -197,19 +199,26 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
     let started = Instant::now();
     let base = FileDevice::open(&args.disk)
         .with_context(|| format!("opening --disk {}", args.disk.display()))?;
-    let trace_file =
-        File::open(&args.log).with_context(|| format!("opening --log {}", args.log.display()))?;
-    let trace_len = trace_file.metadata().map(|m| m.len()).unwrap_or(0);
-    let is_file = trace_file.metadata().map(|m| m.is_file()).unwrap_or(false);
-    // A writer that stopped without a final flush leaves entries past the
-    // super's count; on a regular file they are real. (On a block device,
-    // stale entries of an older run may follow, so stop at the count.)
-    let opts = ReadOptions {
-        past_super_count: is_file,
-        tail: None,
-    };
-    let mut reader = TraceReader::with_options(trace_file, opts)
-        .with_context(|| format!("reading --log {}", args.log.display()))?;
+    // Open every trace first, so that a missing one fails before any work.
+    let mut readers = Vec::with_capacity(args.log.len());
+    let mut trace_len = 0u64;
+    for log in &args.log {
+        let trace_file =
+            File::open(log).with_context(|| format!("opening --log {}", log.display()))?;
+        let len = trace_file.metadata().map(|m| m.len()).unwrap_or(0);
+        let is_file = trace_file.metadata().map(|m| m.is_file()).unwrap_or(false);
+        // A writer that stopped without a final flush leaves entries past the
+        // super's count; on a regular file they are real. (On a block device,
+        // stale entries of an older run may follow, so stop at the count.)
+        let opts = ReadOptions {
+            past_super_count: is_file,
+            tail: None,
+        };
+        let reader = TraceReader::with_options(trace_file, opts)
+            .with_context(|| format!("reading --log {}", log.display()))?;
+        readers.push((log, reader, trace_len));
+        trace_len += len;
+    }
 
     let mut cfg = InferConfig::default();
     if let Some(secs) = args.unknown_ttl {
@@ -301,40 +310,62 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
         by_kind: BTreeMap::new(),
     };
 
-    // Follow the trace.
+    // Follow the traces, in order, over one overlay and one inference per
+    // partition: a later trace continues where the one before left the
+    // disk (for example the next boot of the same VM).
     let mut overlay = OverlayDevice::new(Box::new(base.clone()));
     let bar = trace_bar(trace_len);
     let replay_started = Instant::now();
     let mut timings = Timings::default();
-    let (entries, trace_error) = follow(
-        &mut reader,
-        &mut overlay,
-        &mut followers,
-        &mut sink,
-        &bar,
-        &mut timings,
-    )?;
+    let mut entries = 0u64;
+    let mut per_log = Vec::with_capacity(readers.len());
+    for (log, mut reader, bar_base) in readers {
+        let seq_before = sink.seq;
+        let (n, trace_error) = follow(
+            &mut reader,
+            &mut overlay,
+            &mut followers,
+            &mut sink,
+            &bar,
+            bar_base,
+            &mut timings,
+        )?;
+        entries += n;
+        per_log.push((log, n, sink.seq - seq_before));
+        match trace_error {
+            None => {}
+            Some(e) if n == 0 => {
+                bar.finish_and_clear();
+                bail!("--log {}: no entry could be read: {e}", log.display());
+            }
+            Some(e @ TraceError::Truncated { .. }) => {
+                bar.suspend(|| {
+                    eprintln!(
+                        "gammaray: warning: --log {} has a truncated tail ({e}); replayed the {n} entries before it",
+                        log.display()
+                    )
+                });
+            }
+            Some(e) => {
+                bar.suspend(|| {
+                    eprintln!(
+                        "gammaray: warning: --log {}: bad entry ({e}); stopped after {n} entries",
+                        log.display()
+                    )
+                });
+            }
+        }
+    }
     bar.finish_and_clear();
     sink.out
         .flush()
         .with_context(|| format!("writing events to {}", sink.path))?;
     let replay_time = replay_started.elapsed();
-
-    match trace_error {
-        None => {}
-        Some(e) if entries == 0 => {
-            bail!("--log {}: no entry could be read: {e}", args.log.display());
-        }
-        Some(e @ TraceError::Truncated { .. }) => {
+    if per_log.len() > 1 {
+        for (log, n, evs) in &per_log {
             eprintln!(
-                "gammaray: warning: --log {} has a truncated tail ({e}); replayed the {entries} entries before it",
-                args.log.display()
-            );
-        }
-        Some(e) => {
-            eprintln!(
-                "gammaray: warning: --log {}: bad entry ({e}); stopped after {entries} entries",
-                args.log.display()
+                "gammaray: --log {}: {n} entries, {evs} events",
+                log.display()
             );
         }
     }
@@ -377,7 +408,7 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
 /// The summary line on stderr.
 #[allow(clippy::too_many_arguments)]
 fn summary(
-    log: &Path,
+    logs: &[PathBuf],
     entries: u64,
     overlay: &OverlayDevice,
     sink: &EventSink,
@@ -423,7 +454,10 @@ fn summary(
     let mut line = format!(
         "gammaray: replayed {}: {entries} entries, {} writes, {} bytes, {} flushes, {} discards, {} zeroes; \
          {} events ({}); partitions {}; held {} bytes; {:.3} s replay ({:.1} MB/s, {:.0} writes/s), {:.3} s total",
-        log.display(),
+        logs.iter()
+            .map(|l| l.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" + "),
         st.writes,
         st.bytes,
         st.flushes,
@@ -560,6 +594,7 @@ mod tests {
             &mut followers,
             &mut sink,
             &ProgressBar::hidden(),
+            0,
             &mut timings,
         )
         .unwrap();

@@ -16,128 +16,31 @@
 //! processes never see half of one. On failure the test's own files
 //! (events, state, listings, stderr) are kept and their place printed.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use common::{crawl_listing, fnv, gammaray, run, show};
 use gammaray_testbed::{
-    expect, guest_available, listing, record, FsKind, ListingEntry, RecordSpec, Recording, Workload,
+    expect, guest_available, listing, record, FsKind, RecordSpec, Recording, Workload,
 };
-
-/// Set to a non-empty value to ignore cached recordings.
-const RERECORD_ENV: &str = "GAMMARAY_RERECORD";
-/// A replay (or crawl) that takes longer than this is killed: inference
-/// must never wedge.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn gammaray() -> &'static str {
-    env!("CARGO_BIN_EXE_gammaray")
-}
-
-/// FNV-1a, for cache keys.
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
 
 /// The recording of `w` on ext4, from the cache or made now.
 fn recording(w: Workload) -> Result<Recording, String> {
     let lib = include_str!("../../testbed/guest/lib.sh");
     let key = fnv(format!("{}\n{lib}", w.script()).as_bytes());
-    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("replay-recordings");
-    std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
-    let dir = root.join(format!("{}-ext4-{key:016x}", w.name()));
-    let fresh = std::env::var_os(RERECORD_ENV).is_some_and(|v| !v.is_empty());
-    if !fresh && dir.join("truth.jsonl").is_file() {
-        if let Ok(rec) = Recording::load(&dir) {
-            eprintln!("{w}: using the cached recording in {}", dir.display());
-            return Ok(rec);
-        }
-    }
-    let tmp = root.join(format!(
-        ".tmp-{}-{}-{:?}",
-        w.name(),
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let started = Instant::now();
-    record(&RecordSpec::new(w, FsKind::Ext4, &tmp)).map_err(|e| format!("recording {w}: {e}"))?;
-    eprintln!("{w}: recorded in {:.1} s", started.elapsed().as_secs_f64());
-    // Several processes may record the same workload; the first rename
-    // wins and the others use its recording.
-    if fresh {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    if std::fs::rename(&tmp, &dir).is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    Recording::load(&dir).map_err(|e| format!("loading the recording {}: {e}", dir.display()))
-}
-
-/// Runs a command with its output in `out_dir/<name>.{stdout,stderr}`,
-/// killing it after [`COMMAND_TIMEOUT`]. Returns (success, stderr).
-fn run(cmd: &mut Command, out_dir: &Path, name: &str) -> Result<(bool, String), String> {
-    let so = out_dir.join(format!("{name}.stdout"));
-    let se = out_dir.join(format!("{name}.stderr"));
-    let file = |p: &Path| std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()));
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(file(&so)?)
-        .stderr(file(&se)?)
-        .spawn()
-        .map_err(|e| format!("{cmd:?}: {e}"))?;
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait().map_err(|e| format!("{cmd:?}: {e}"))? {
-            Some(s) => break s,
-            None if started.elapsed() > COMMAND_TIMEOUT => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "{name} did not finish within {} s (killed): {cmd:?}",
-                    COMMAND_TIMEOUT.as_secs()
-                ));
-            }
-            None => std::thread::sleep(Duration::from_millis(20)),
-        }
-    };
-    let stderr = std::fs::read_to_string(&se).unwrap_or_default();
-    Ok((status.success(), stderr))
-}
-
-/// `gammaray crawl --list [--hash] IMG` as listing entries.
-fn crawl_listing(
-    img: &Path,
-    dir: &Path,
-    name: &str,
-    hash: bool,
-) -> Result<Vec<ListingEntry>, String> {
-    let mut cmd = Command::new(gammaray());
-    cmd.arg("crawl")
-        .arg(img)
-        .arg("-o")
-        .arg(dir.join(format!("{name}.gammaray")))
-        .arg("--list");
-    if hash {
-        cmd.arg("--hash");
-    }
-    let (ok, stderr) = run(&mut cmd, dir, name)?;
-    if !ok {
-        return Err(format!("gammaray crawl {} failed: {stderr}", img.display()));
-    }
-    let out = dir.join(format!("{name}.jsonl"));
-    std::fs::rename(dir.join(format!("{name}.stdout")), &out).map_err(|e| e.to_string())?;
-    listing::read(&out).map_err(|e| format!("{}: {e}", out.display()))
-}
-
-fn show(diff: &[String]) -> String {
-    let mut s: Vec<String> = diff.iter().take(60).map(|d| format!("    {d}")).collect();
-    if diff.len() > 60 {
-        s.push(format!("    ... {} more", diff.len() - 60));
-    }
-    s.join("\n")
+    common::cached(
+        &format!("{}-ext4-{key:016x}", w.name()),
+        "truth.jsonl",
+        |dir| Recording::load(dir).map_err(|e| e.to_string()),
+        |tmp| {
+            record(&RecordSpec::new(w, FsKind::Ext4, tmp))
+                .map(|_| ())
+                .map_err(|e| format!("recording {w}: {e}"))
+        },
+    )
 }
 
 fn check(w: Workload, dir: &Path) -> Result<(), String> {

@@ -20,6 +20,8 @@
 //! - [`trace`] reads and applies dm-log-writes traces.
 //! - [`expect`] checks gammaray's file events against the workload's
 //!   operations.
+//! - [`record_crash`] records two boots of one disk, the first crashing
+//!   after a `sync` so that the second replays its journal.
 //! - [`record_capture`] records through `gammaray capture` (served disk,
 //!   live blklogwrites, live mirror) instead.
 //!
@@ -66,7 +68,10 @@ pub use qemu::{
     qemu_binary, Accel, Drive, FsKind, Guest, GuestOutput, RunSpec, RunningGuest, ACCEL_ENV,
     DISK_FILE_NODE, DISK_NODE,
 };
-pub use record::{record, record_with, write_truth, RecordSpec, Recording};
+pub use record::{
+    needs_recovery, record, record_crash, record_with, write_truth, CrashRecording, RecordSpec,
+    Recording, CRASH_SNAPSHOT,
+};
 pub use tools::find_tool;
 pub use truth::{Snapshot, Truth};
 pub use workload::Workload;

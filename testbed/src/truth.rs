@@ -151,9 +151,17 @@ impl RawListing {
     }
 }
 
-/// Parses a serial log. Fails if the guest reported an error, if a section
-/// is missing, or if `GR-DONE` never came.
-pub fn parse_serial(bytes: &[u8]) -> Result<Truth> {
+/// What one pass over a serial log found.
+struct Scan {
+    truth: Truth,
+    errors: Vec<String>,
+    done: bool,
+    saw_ops: bool,
+    saw_listing: bool,
+    rc: Option<String>,
+}
+
+fn scan(bytes: &[u8]) -> Result<Scan> {
     let text = String::from_utf8_lossy(bytes);
     let mut truth = Truth::default();
     let mut in_ops = false;
@@ -215,6 +223,20 @@ pub fn parse_serial(bytes: &[u8]) -> Result<Truth> {
         }
     }
 
+    Ok(Scan {
+        truth,
+        errors,
+        done,
+        saw_ops,
+        saw_listing,
+        rc,
+    })
+}
+
+fn guest_errors(scan: &Scan) -> Result<()> {
+    let Scan {
+        truth, errors, rc, ..
+    } = scan;
     if !errors.is_empty() {
         let last = truth.ops.last().cloned().unwrap_or_else(|| "none".into());
         return Err(Error::Guest {
@@ -226,10 +248,28 @@ pub fn parse_serial(bytes: &[u8]) -> Result<Truth> {
             serial: PathBuf::new(),
         });
     }
-    let missing = |what: &str| Error::Guest {
+    Ok(())
+}
+
+fn missing(what: &str) -> Error {
+    Error::Guest {
         message: format!("serial log has no {what}"),
         serial: PathBuf::new(),
-    };
+    }
+}
+
+/// Parses a serial log. Fails if the guest reported an error, if a section
+/// is missing, or if `GR-DONE` never came.
+pub fn parse_serial(bytes: &[u8]) -> Result<Truth> {
+    let scan = scan(bytes)?;
+    guest_errors(&scan)?;
+    let Scan {
+        truth,
+        done,
+        saw_ops,
+        saw_listing,
+        ..
+    } = scan;
     if !saw_ops {
         return Err(missing("GR-BEGIN-OPS (guest did not get to its workload)"));
     }
@@ -240,6 +280,25 @@ pub fn parse_serial(bytes: &[u8]) -> Result<Truth> {
         return Err(missing("GR-DONE"));
     }
     Ok(truth)
+}
+
+/// Parses the serial log of a run whose workload crashed the guest on
+/// purpose (a reset in the middle of the workload): the operations and
+/// snapshots printed before the crash. Fails if the guest reported an
+/// error, never reached its workload, or did not crash (`GR-DONE` came).
+pub fn parse_crashed_serial(bytes: &[u8]) -> Result<Truth> {
+    let scan = scan(bytes)?;
+    guest_errors(&scan)?;
+    if !scan.saw_ops {
+        return Err(missing("GR-BEGIN-OPS (guest did not get to its workload)"));
+    }
+    if scan.done || scan.rc.is_some() {
+        return Err(Error::Guest {
+            message: "the guest was to crash in its workload but finished it".into(),
+            serial: PathBuf::new(),
+        });
+    }
+    Ok(scan.truth)
 }
 
 /// Splits an `OP` line into its verb and arguments, undoing the guest's
