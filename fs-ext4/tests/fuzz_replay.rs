@@ -42,6 +42,52 @@ fn corpus_ext4_crawl() {
     }
 }
 
+fn journal_seed() -> Vec<u8> {
+    fuzzing::unsparse(&std::fs::read(root().join("fuzz/seeds/ext4-1k-journal.sparse")).unwrap())
+}
+
+#[test]
+fn corpus_ext4_infer() {
+    let image = journal_seed();
+    let f = files(&root().join("fuzz/corpus/ext4_infer"));
+    assert!(!f.is_empty());
+    for p in f {
+        fuzzing::infer(&image, &std::fs::read(&p).unwrap());
+    }
+}
+
+/// The journal seed is a clean ext4 image with a csum-v3 journal, and the
+/// transaction seeds of its corpus really commit (the fuzz target reaches
+/// the journal path, not only garbage).
+#[test]
+fn journal_seed_crawls_clean_and_commits() {
+    use gammaray_core::{FileSystem, NoProgress};
+    let image = journal_seed();
+    let c = gammaray_ext4::Ext4.crawl(&image, &NoProgress).unwrap();
+    assert!(c.warnings.is_empty(), "{:#?}", c.warnings);
+    let counter = |v: &[gammaray_core::Counter], n: &str| {
+        v.iter().find(|c| c.name == n).map_or(0, |c| c.value)
+    };
+    let seed = |name: &str| {
+        let p = root().join("fuzz/corpus/ext4_infer").join(name);
+        fuzzing::infer(&image, &std::fs::read(p).unwrap())
+    };
+    let v = seed("seed-txn-rename-in-root");
+    assert_eq!(counter(&v, "journal_txns"), 1, "{v:?}");
+    assert_eq!(counter(&v, "journal_bad_checksums"), 0, "{v:?}");
+    let v = seed("seed-txn-inode-size");
+    assert_eq!(counter(&v, "journal_txns"), 1, "{v:?}");
+    // A stray commit of the next sequence commits only itself (an empty
+    // transaction), never the uncommitted descriptor before it.
+    let v = seed("seed-uncommitted-then-commit");
+    assert_eq!(counter(&v, "inodes_rescanned"), 0, "{v:?}");
+    assert_eq!(counter(&v, "journal_stale_commits"), 1, "{v:?}");
+    // A commit of another sequence does not commit the descriptor before
+    // it (it is taken as an empty transaction of its own).
+    let v = seed("seed-bad-seq-commit");
+    assert_eq!(counter(&v, "inodes_rescanned"), 0, "{v:?}");
+}
+
 #[test]
 fn seed_image_crawls_clean() {
     use gammaray_core::{FileSystem, NoProgress};
@@ -61,6 +107,7 @@ fn regression(target: &str, name: &str) {
     .unwrap();
     match target {
         "ext4_parsers" => fuzzing::parsers(&data),
+        "ext4_infer" => drop(fuzzing::infer(&journal_seed(), &data)),
         _ => fuzzing::crawl(&seed(), &data),
     }
 }

@@ -178,27 +178,42 @@ impl Rig {
     }
 }
 
-/// Paths with their type and size (regular files and symlinks).
-fn listing(m: &FsModel) -> BTreeMap<PathBuf, (FileType, Option<u64>)> {
-    common::paths(m)
-        .into_iter()
-        .map(|(p, id)| {
-            let f = &m.files[&id];
-            let size = (f.ftype != FileType::Dir).then_some(f.size);
-            (p, (f.ftype, size))
+/// Every directory's names, and every file's type and size (by inode;
+/// safe on trees with loops, unlike a walk from the root).
+#[allow(clippy::type_complexity)]
+fn shape(
+    m: &FsModel,
+) -> (
+    BTreeMap<u64, Vec<(Vec<u8>, u64)>>,
+    BTreeMap<u64, (FileType, u64)>,
+) {
+    let mut dirs = BTreeMap::new();
+    for (d, entries) in m.tree.dirs() {
+        let mut v: Vec<(Vec<u8>, u64)> =
+            entries.iter().map(|e| (e.name.to_vec(), e.child)).collect();
+        v.sort();
+        if !v.is_empty() {
+            dirs.insert(d, v);
+        }
+    }
+    let files = m
+        .files
+        .iter()
+        .map(|(&id, f)| {
+            let size = if f.ftype == FileType::Dir { 0 } else { f.size };
+            (id, (f.ftype, size))
         })
-        .collect()
+        .collect();
+    (dirs, files)
 }
 
 /// The inferred model names the same files, with the same types and
 /// sizes, as a crawl of the real image `img`.
 fn assert_model_is(inf: &dyn Inference, img: &Path) {
     let truth = common::crawl(img);
-    assert_eq!(
-        listing(inf.model()),
-        listing(&truth.model),
-        "model vs crawl of {img:?}"
-    );
+    let (got, want) = (shape(inf.model()), shape(&truth.model));
+    assert_eq!(got.0, want.0, "directories: model vs crawl of {img:?}");
+    assert_eq!(got.1, want.1, "files: model vs crawl of {img:?}");
 }
 
 /// Blocks owned by `pick` in a crawl of `img`.
@@ -478,5 +493,367 @@ fn free_space_flood_stays_within_budget() {
         assert_eq!(lost, 40_000, "lost bytes of /new in {ev:#?}");
         assert!(rig.counter("lost_events") > 0);
         assert_model_is(&*rig.inf, &after);
+    });
+}
+
+// ---- journal ----
+
+use gammaray_ext4::fuzzing::jbd2;
+use gammaray_ext4::journal::{block_type, JournalSuperblock};
+
+/// A 16 MiB image with a journal whose superblock has csum v3 (as the
+/// kernel sets it on metadata_csum file systems), and its jbd2 layout.
+struct Journaled {
+    img: PathBuf,
+    jsb: JournalSuperblock,
+    /// Physical block of every journal logical block.
+    phys: Vec<u64>,
+}
+
+fn journaled(dir: &Path) -> Journaled {
+    let img = image(dir, &[]);
+    debugfs(&img, "jo -c\njc\n");
+    let c = common::crawl(&img);
+    let mut phys: Vec<(u64, u64)> = Vec::new();
+    for r in c.model.blocks.runs() {
+        if let Owner::Journal { logical } = r.owner {
+            phys.extend((0..r.len).map(|k| (logical + k, r.start + k)));
+        }
+    }
+    phys.sort_unstable();
+    let phys: Vec<u64> = phys.into_iter().map(|p| p.1).collect();
+    let bytes = fs::read(&img).unwrap();
+    let p0 = phys[0] as usize * BS as usize;
+    let jsb = JournalSuperblock::from_bytes(&bytes[p0..p0 + BS as usize], 0).unwrap();
+    assert!(jsb.csum_v3());
+    assert_eq!(jsb.start, 0, "journal not empty");
+    Journaled { img, jsb, phys }
+}
+
+impl Journaled {
+    /// A change made by debugfs on a copy (`truth`, written home), and
+    /// the same blocks logged as one transaction by `jw` on another copy
+    /// (`logged`, home untouched; `commit` false leaves out the commit).
+    fn logged(&self, name: &str, cmds: &str, commit: bool) -> (PathBuf, PathBuf) {
+        let truth = changed(&self.img, &format!("{name}.truth"), cmds);
+        let (old, new) = (fs::read(&self.img).unwrap(), fs::read(&truth).unwrap());
+        let mut homes = Vec::new();
+        let mut data = Vec::new();
+        for b in 0..old.len() / BS as usize {
+            let r = b * BS as usize..(b + 1) * BS as usize;
+            if old[r.clone()] != new[r.clone()] {
+                homes.push(b.to_string());
+                data.extend_from_slice(&new[r]);
+            }
+        }
+        let file = self.img.with_file_name(format!("{name}.data"));
+        fs::write(&file, data).unwrap();
+        let c = if commit { "" } else { " -c" };
+        let logged = changed(
+            &self.img,
+            &format!("{name}.logged"),
+            &format!("jo\njw -b {}{c} {}\njc\n", homes.join(","), file.display()),
+        );
+        (truth, logged)
+    }
+
+    /// Writes `blocks` to the journal from logical block `l` on.
+    fn put(&self, rig: &mut Rig, l: u32, blocks: Vec<Vec<u8>>) {
+        for (k, b) in blocks.into_iter().enumerate() {
+            let p = self.phys[l as usize + k];
+            rig.raw(p * BS, b);
+        }
+    }
+
+    fn first(&self) -> u32 {
+        self.jsb.first
+    }
+
+    fn seq(&self) -> u32 {
+        self.jsb.sequence
+    }
+}
+
+/// Writes the overlay's contents to `path` (a real image to change on).
+fn snapshot(rig: &Rig, path: &Path) {
+    fs::write(path, rig.bytes()).unwrap();
+}
+
+/// A transaction that never commits (descriptor and logged blocks from
+/// debugfs `jw -c`, no commit block): nothing is applied. The same change
+/// committed is applied (the control).
+#[test]
+fn uncommitted_transaction_applies_nothing() {
+    bounded(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journaled(dir.path());
+        let (_, open) = j.logged("open", "mkdir /never\nlink /big /never-link\n", false);
+        let mut rig = Rig::new(&j.img, InferConfig::default());
+        rig.become_image(&open);
+        assert!(rig.counter("journal_blocks") > 0);
+        assert_eq!(rig.counter("journal_txns"), 0);
+        assert_eq!(rig.counter("inodes_rescanned"), 0);
+        assert!(rig.take_events().is_empty());
+        // Ground truth: the image as debugfs left it (home untouched).
+        assert_model_is(&*rig.inf, &open);
+
+        // Control: the same change committed is applied.
+        let (truth, done) = j.logged("done", "mkdir /now\nlink /big /now-link\n", true);
+        let mut rig = Rig::new(&j.img, InferConfig::default());
+        rig.become_image(&done);
+        assert_eq!(rig.counter("journal_txns"), 1);
+        let ev = rig.take_events();
+        assert!(ev
+            .iter()
+            .any(|e| e.kind == EventKind::Create && e.path == "/now"));
+        assert_model_is(&*rig.inf, &truth);
+    });
+}
+
+/// Forged commit blocks: a bad checksum, a past sequence, a future
+/// sequence, a commit with no descriptor before it, and a descriptor whose
+/// tags point past the file system. None applies anything; each moves its
+/// counter; a later home write is still followed.
+#[test]
+fn forged_commit_blocks() {
+    bounded(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journaled(dir.path());
+        let base = common::crawl(&j.img);
+        let root_dir = blocks_of(
+            &j.img,
+            |o| matches!(o, Owner::DirData { file, .. } if *file == base.model.root),
+        )[0];
+        let mut rig = Rig::new(&j.img, InferConfig::default());
+        let orig = rig.bytes();
+        let home = |b: u64| orig[(b * BS) as usize..((b + 1) * BS) as usize].to_vec();
+        // The root directory block with every name byte changed: applied,
+        // it would delete and create names.
+        let mut evil = home(root_dir);
+        for x in evil.iter_mut().skip(24).take(200) {
+            *x ^= 0x20;
+        }
+        let (s, mut l) = (j.seq(), j.first());
+        let rescans = |rig: &Rig| rig.counter("inodes_rescanned");
+
+        // 1. Bad checksum: descriptor, block, commit with a flipped bit.
+        let (desc, logged) = jbd2::descriptor(&j.jsb, s, &[(root_dir, evil.clone())]);
+        let mut commit = jbd2::commit(&j.jsb, s);
+        commit[0x10] ^= 1;
+        j.put(&mut rig, l, [vec![desc], logged, vec![commit]].concat());
+        l += 3;
+        assert_eq!(rig.counter("journal_txns_broken"), 1);
+        assert_eq!(rescans(&rig), 0);
+
+        // 2. A past sequence (the one just broken, and far back).
+        let (desc, logged) = jbd2::descriptor(&j.jsb, s, &[(root_dir, evil.clone())]);
+        j.put(
+            &mut rig,
+            l,
+            [vec![desc], logged, vec![jbd2::commit(&j.jsb, s)]].concat(),
+        );
+        l += 3;
+        j.put(
+            &mut rig,
+            l,
+            vec![jbd2::commit(&j.jsb, s.wrapping_sub(1000))],
+        );
+        l += 1;
+        assert_eq!(rig.counter("journal_stale_commits"), 2);
+        assert_eq!(rescans(&rig), 0);
+
+        // 3. A commit with no descriptor before it: an empty transaction.
+        j.put(&mut rig, l, vec![jbd2::commit(&j.jsb, s + 1)]);
+        l += 1;
+        assert_eq!(rescans(&rig), 0);
+
+        // 4. Tags pointing past the file system (and at block 2^40).
+        let past = fs::metadata(&j.img).unwrap().len() / BS + 10;
+        let (desc, logged) = jbd2::descriptor(
+            &j.jsb,
+            s + 2,
+            &[(past, evil.clone()), (1 << 40, evil.clone())],
+        );
+        j.put(
+            &mut rig,
+            l,
+            [vec![desc], logged, vec![jbd2::commit(&j.jsb, s + 2)]].concat(),
+        );
+        l += 4;
+        assert!(rig.counter("anomalies") >= 2, "{:?}", rig.inf.counters());
+        assert_eq!(rescans(&rig), 0);
+
+        // 5. A future sequence, far ahead: taken as an (empty) commit.
+        let (desc, logged) = jbd2::descriptor(&j.jsb, s + 3, &[(root_dir, evil.clone())]);
+        j.put(
+            &mut rig,
+            l,
+            [vec![desc], logged, vec![jbd2::commit(&j.jsb, s + 1000)]].concat(),
+        );
+        assert_eq!(rescans(&rig), 0);
+        // A block of another type with a commit's header is not a commit.
+        let mut fake = jbd2::header(&j.jsb, block_type::REVOKE, s + 1001);
+        fake[12..16].copy_from_slice(&16u32.to_be_bytes());
+        j.put(&mut rig, l + 3, vec![fake]);
+
+        assert!(rig.take_events().is_empty());
+        let snap = dir.path().join("snap.img");
+        snapshot(&rig, &snap);
+        assert_model_is(&*rig.inf, &snap);
+        still_follows(&mut rig, &snap, "later.img");
+    });
+}
+
+// ---- loops ----
+
+/// A directory loop written home (no journal): `/a/b/c/loop` names `/a`,
+/// and `/a` is then unlinked from the root, so `/a`, `b` and `c` only
+/// reach each other. Path building stays bounded, events still come out
+/// (a delete of `/a`, then data written to a file inside the loop), and
+/// the model equals a crawl of the real image.
+#[test]
+fn directory_loop_home() {
+    bounded(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let img = no_journal(dir.path());
+        let looped = changed(&img, "loop.img", "link /a /a/b/c/loop\n");
+        let cut = changed(&looped, "cut.img", "unlink /a\n");
+        let mut rig = Rig::new(&img, InferConfig::default());
+        rig.become_image(&looped);
+        assert!(rig
+            .take_events()
+            .iter()
+            .any(|e| e.kind == EventKind::Create && e.path == "/a/b/c/loop"),);
+        assert_model_is(&*rig.inf, &looped);
+        rig.become_image(&cut);
+        let ev = rig.take_events();
+        assert!(
+            ev.iter()
+                .any(|e| e.kind == EventKind::Delete && e.path == "/a"),
+            "{ev:#?}"
+        );
+        assert_model_is(&*rig.inf, &cut);
+        // Data written to /a/b/c/deep, now only reachable through the loop.
+        let deep = common::paths(&common::crawl(&img).model)[Path::new("/a/b/c/deep")];
+        let b = blocks_of(&cut, |o| o.file() == Some(deep))[0];
+        rig.raw(b * BS, b"DEEP\n".to_vec());
+        let ev = rig.take_events();
+        assert_eq!(ev.len(), 1, "{ev:#?}");
+        assert_eq!(ev[0].kind, EventKind::Modify);
+        assert_eq!(ev[0].path, format!("/.unreachable/{deep}"));
+        snapshot(&rig, &dir.path().join("snap.img"));
+        still_follows(&mut rig, &dir.path().join("snap.img"), "later.img");
+    });
+}
+
+/// The same loop, written as one committed jbd2 transaction (debugfs
+/// `jw`); ground truth is the image debugfs changed home.
+#[test]
+fn directory_loop_in_a_committed_transaction() {
+    bounded(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journaled(dir.path());
+        let (truth, logged) = j.logged("loop", "link /a/b /a/b/c/up\nlink / /a/b/c/root\n", true);
+        let mut rig = Rig::new(&j.img, InferConfig::default());
+        rig.become_image(&logged);
+        assert_eq!(rig.counter("journal_txns"), 1);
+        let ev = rig.take_events();
+        assert!(ev.iter().any(|e| e.path == "/a/b/c/up"), "{ev:#?}");
+        assert!(ev.iter().any(|e| e.path == "/a/b/c/root"), "{ev:#?}");
+        assert_model_is(&*rig.inf, &truth);
+    });
+}
+
+/// An extent node: header (`depth`, `entries` index entries to `kids`).
+fn extent_index(depth: u16, max: u16, kids: &[u64]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&0xF30Au16.to_le_bytes());
+    b.extend_from_slice(&(kids.len() as u16).to_le_bytes());
+    b.extend_from_slice(&max.to_le_bytes());
+    b.extend_from_slice(&depth.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    for (i, &k) in kids.iter().enumerate() {
+        b.extend_from_slice(&(i as u32 * 1000).to_le_bytes());
+        b.extend_from_slice(&(k as u32).to_le_bytes());
+        b.extend_from_slice(&((k >> 32) as u16).to_le_bytes());
+        b.extend_from_slice(&0u16.to_le_bytes());
+    }
+    b
+}
+
+/// Gives `/big` the extent root `root` (written home, no journal and no
+/// metadata checksums so the raw patch is taken), after writing `nodes`
+/// to free blocks; the model must equal a crawl of the result and a
+/// later change must still be followed.
+fn bad_extent_tree(make: impl FnOnce(&[u64]) -> (Vec<u8>, Vec<(u64, Vec<u8>)>)) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), &["-O", "^has_journal,^metadata_csum"]);
+    let free = free_blocks(&img);
+    let (root, nodes) = make(&free);
+    let at = common::inode_offset(&img, "/big") + 0x28;
+    let mut rig = Rig::new(&img, InferConfig::default());
+    let before = rig.counter("anomalies");
+    for (b, mut n) in nodes {
+        n.resize(BS as usize, 0);
+        rig.raw(b * BS, n);
+    }
+    let block = at / BS * BS;
+    let mut tb = rig.bytes()[block as usize..(block + BS) as usize].to_vec();
+    let o = (at - block) as usize;
+    tb[o..o + 60].fill(0);
+    tb[o..o + root.len()].copy_from_slice(&root);
+    rig.raw(block, tb);
+    assert!(
+        rig.counter("anomalies") > before,
+        "{:?}",
+        rig.inf.counters()
+    );
+    let snap = dir.path().join("snap.img");
+    snapshot(&rig, &snap);
+    assert_model_is(&*rig.inf, &snap);
+    still_follows(&mut rig, &snap, "later.img");
+    // Keep the directory until the checks are done.
+    drop(dir);
+    rig
+}
+
+/// An extent index node whose child is its own block.
+#[test]
+fn extent_tree_pointing_at_itself() {
+    bounded(|| {
+        bad_extent_tree(|free| {
+            let b = free[0];
+            (
+                extent_index(2, 4, &[b]),
+                vec![(b, extent_index(1, 340, &[b, b]))],
+            )
+        });
+    });
+}
+
+/// An extent tree 7 levels deep (the kernel stops at 5), each level a
+/// real index block, and one whose levels all claim the same depth.
+#[test]
+fn extent_tree_too_deep() {
+    bounded(|| {
+        bad_extent_tree(|free| {
+            let chain = &free[..7];
+            let mut nodes = Vec::new();
+            for (i, &b) in chain.iter().enumerate() {
+                let depth = 6 - i as u16;
+                let kids: Vec<u64> = chain.get(i + 1).copied().into_iter().collect();
+                nodes.push((b, extent_index(depth, 340, &kids)));
+            }
+            (extent_index(7, 4, &chain[..1]), nodes)
+        });
+        bad_extent_tree(|free| {
+            let chain = &free[..7];
+            let nodes = chain
+                .iter()
+                .enumerate()
+                .map(|(i, &b)| (b, extent_index(3, 340, &[chain[(i + 1) % 7]])))
+                .collect();
+            (extent_index(4, 4, &chain[..1]), nodes)
+        });
     });
 }
