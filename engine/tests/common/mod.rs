@@ -54,8 +54,10 @@ pub fn cached<T>(
             return Ok(rec);
         }
     }
+    // Short: the recorder puts a unix socket in it (paths under 108 bytes).
     let tmp = root.join(format!(
-        ".tmp-{name}-{}-{:?}",
+        ".tmp-{:08x}-{}-{:?}",
+        fnv(name.as_bytes()) as u32,
         std::process::id(),
         std::thread::current().id()
     ));
