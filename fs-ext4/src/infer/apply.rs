@@ -13,6 +13,7 @@ use super::pending::Held;
 use super::view::View;
 use super::{Change, Ext4Inference};
 use crate::crawl::{scan_inodes, InodeScan};
+use crate::dir::DirBlock;
 use crate::inode::EXT4_ROOT_INO;
 use crate::superblock::{Superblock, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 
@@ -230,6 +231,49 @@ impl Ext4Inference {
         s
     }
 
+    /// Appends the names in directory blocks `blocks`, read through the
+    /// journal overlay with `over` (a transaction's old or new contents)
+    /// on top.
+    fn read_dir_blocks(
+        &mut self,
+        dev: &dyn BlockDevice,
+        over: &HashMap<u64, Arc<[u8]>>,
+        blocks: &[u64],
+        out: &mut Names,
+    ) {
+        let bs = self.bs as usize;
+        let filetype = self.sb.has_incompat(crate::superblock::incompat::FILETYPE);
+        let max_ino = u64::from(self.sb.s_inodes_count);
+        let mut buf = vec![0u8; bs];
+        for &b in blocks {
+            let off = b * self.bs;
+            let bytes: &[u8] = match over.get(&b) {
+                Some(c) => c,
+                None => {
+                    let view = View {
+                        dev,
+                        journal: &self.jov,
+                        blocks: None,
+                        bs: self.bs,
+                    };
+                    if view.read_at(off, &mut buf).is_err() {
+                        self.c.anomalies += 1;
+                        continue;
+                    }
+                    &buf
+                }
+            };
+            for e in DirBlock::from_bytes(bytes, off, filetype, bs) {
+                match e {
+                    Ok(e) if e.inode == 0 || e.is_dot() => {}
+                    Ok(e) if u64::from(e.inode) > max_ino => self.c.anomalies += 1,
+                    Ok(e) => out.push((Box::from(e.name), u64::from(e.inode))),
+                    Err(_) => self.c.anomalies += 1,
+                }
+            }
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn apply_inodes(
         &mut self,
@@ -257,7 +301,9 @@ impl Ext4Inference {
                 bs: self.bs,
             };
             let o = self.scan(&before, dirty, false);
-            let n = self.scan(&after, dirty, true);
+            // Block directories are diffed block by block below; only the
+            // entries of inline directories come from the scan.
+            let n = self.scan(&after, dirty, false);
             self.jov = jov;
             (o, n)
         };
@@ -286,7 +332,7 @@ impl Ext4Inference {
                         && !reborn.contains(&ino)
                         && ({ o.crtime } == { n.crtime } || { o.crtime.sec } == 0)
                 }
-                (Some(_), None) => !dirty.contains(&ino),
+                (Some(_), None) => dirty.binary_search(&ino).is_err(),
                 _ => false,
             }
         };
@@ -307,16 +353,71 @@ impl Ext4Inference {
             if !was_dir && !is_dir {
                 continue;
             }
-            let mut count: HashMap<(&[u8], u64), i64> = HashMap::new();
-            if was_dir {
-                for e in self.model.tree.entries(ino) {
-                    *count.entry((&*e.name, e.child)).or_default() -= 1;
+            let mut old_side: Names = Vec::new();
+            let mut new_side: Names = Vec::new();
+            let dir_blocks = |runs: Option<&Vec<(u64, u64, Owner)>>, size: u64| {
+                let mut v: Vec<(u64, u64)> = Vec::new();
+                let max_logical = size.div_ceil(self.bs.max(1));
+                for &(s, n, o) in runs.map(Vec::as_slice).unwrap_or(&[]) {
+                    if let Owner::DirData { logical, .. } = o {
+                        for k in 0..n {
+                            if logical + k < max_logical {
+                                v.push((s + k, logical + k));
+                            }
+                        }
+                    }
                 }
+                v
+            };
+            let old_size = self.model.files.get(&ino).map_or(0, |r| r.size);
+            let new_size = new_files.get(&ino).map_or(0, |r| r.size);
+            let old_blocks = if was_dir {
+                dir_blocks(old_runs.get(&ino), old_size)
+            } else {
+                Vec::new()
+            };
+            let new_blocks = if is_dir {
+                dir_blocks(new_runs.get(&ino), new_size)
+            } else {
+                Vec::new()
+            };
+            if old_blocks.is_empty() && new_blocks.is_empty() {
+                // Inline directory (or an empty one): whole lists.
+                if was_dir {
+                    for e in self.model.tree.entries(ino) {
+                        old_side.push((Box::from(&*e.name), e.child));
+                    }
+                }
+                if let Some(v) = new_entries.get(&ino) {
+                    new_side.extend(v.iter().cloned());
+                }
+            } else if !was_dir || !is_dir || reborn.contains(&ino) {
+                // Created or freed: one side is the whole directory.
+                if was_dir {
+                    for e in self.model.tree.entries(ino) {
+                        old_side.push((Box::from(&*e.name), e.child));
+                    }
+                }
+                let blocks: Vec<u64> = new_blocks.iter().map(|b| b.0).collect();
+                self.read_dir_blocks(dev, news, &blocks, &mut new_side);
+            } else {
+                // Only blocks that changed, or joined or left the
+                // directory, can hold different names.
+                let old_set: HashSet<u64> = old_blocks.iter().map(|b| b.0).collect();
+                let new_set: HashSet<u64> = new_blocks.iter().map(|b| b.0).collect();
+                let touched =
+                    |b: &u64| news.contains_key(b) || !old_set.contains(b) || !new_set.contains(b);
+                let o: Vec<u64> = old_blocks.iter().map(|b| b.0).filter(touched).collect();
+                let n: Vec<u64> = new_blocks.iter().map(|b| b.0).filter(touched).collect();
+                self.read_dir_blocks(dev, olds, &o, &mut old_side);
+                self.read_dir_blocks(dev, news, &n, &mut new_side);
             }
-            if is_dir {
-                for (n, c) in new_entries.get(&ino).map(Vec::as_slice).unwrap_or(&[]) {
-                    *count.entry((&**n, *c)).or_default() += 1;
-                }
+            let mut count: HashMap<(&[u8], u64), i64> = HashMap::new();
+            for (n, c) in &old_side {
+                *count.entry((&**n, *c)).or_default() -= 1;
+            }
+            for (n, c) in &new_side {
+                *count.entry((&**n, *c)).or_default() += 1;
             }
             for ((name, child), k) in count {
                 if k != 0 {
@@ -345,7 +446,7 @@ impl Ext4Inference {
             }
             let mut add_left = Vec::new();
             for a in added {
-                let identity = !dirty.contains(&a.2) || same(a.2, &self.model.files);
+                let identity = dirty.binary_search(&a.2).is_err() || same(a.2, &self.model.files);
                 match by_child.get_mut(&a.2).and_then(Vec::pop) {
                     Some(r) if identity => moves.push((r, a)),
                     Some(r) => {
@@ -376,17 +477,14 @@ impl Ext4Inference {
             deletes.push(ev);
             deleted_inodes.insert(*child);
         }
-        // Files freed whose names we did not see go (stale names).
+        // Files freed while a directory that did not change still names
+        // them (only a corrupt or hostile guest does this): those names go
+        // too. Names in changed directories were diffed above.
         let mut stale: Vec<(u64, Box<[u8]>, u64)> = Vec::new();
         for &ino in dirty {
             if self.model.files.contains_key(&ino) && !new_files.contains_key(&ino) {
                 for (d, n) in self.parents.of(ino) {
-                    if !rem_left
-                        .iter()
-                        .any(|r| r.0 == *d && *r.1 == **n && r.2 == ino)
-                        && !moves.iter().any(|m| m.0 .2 == ino)
-                        && !dirty.contains(d)
-                    {
+                    if dirty.binary_search(d).is_err() {
                         stale.push((*d, Box::from(&**n), ino));
                     }
                 }
@@ -403,7 +501,10 @@ impl Ext4Inference {
             ev.ts_ns = ts_ns;
             deletes.push(ev);
         }
-        deletes.sort_by_key(|e| std::cmp::Reverse(e.path.matches('/').count()));
+        deletes.sort_by(|a, b| {
+            let depth = |e: &FileEvent| e.path.matches('/').count();
+            depth(b).cmp(&depth(a)).then_with(|| a.path.cmp(&b.path))
+        });
         let move_old: Vec<String> = moves
             .iter()
             .map(|(r, _)| self.parents.child_path(r.0, &r.1, root))
@@ -522,7 +623,10 @@ impl Ext4Inference {
             arrivals.push(ev);
             created.insert(*child);
         }
-        arrivals.sort_by_key(|e| e.path.matches('/').count());
+        arrivals.sort_by(|a, b| {
+            let depth = |e: &FileEvent| e.path.matches('/').count();
+            depth(a).cmp(&depth(b)).then_with(|| a.path.cmp(&b.path))
+        });
         out.extend(arrivals);
 
         let files_before = &old_recs;
