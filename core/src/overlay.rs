@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 
 use crate::device::{check_range, BlockDevice};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::write::{DiskWrite, WriteFlags};
 
 /// Size of one page of held writes.
@@ -58,6 +58,9 @@ pub struct OverlayDevice {
     base: Box<dyn BlockDevice>,
     size: u64,
     pages: HashMap<u64, Box<[u8]>>,
+    /// With [`OverlayDevice::with_scratch`]: a full copy of the base that
+    /// takes the writes instead of `pages`.
+    scratch: Option<std::fs::File>,
     stats: OverlayStats,
 }
 
@@ -79,8 +82,46 @@ impl OverlayDevice {
             base,
             size,
             pages: HashMap::new(),
+            scratch: None,
             stats: OverlayStats::default(),
         }
+    }
+
+    /// Like [`OverlayDevice::new`], but the writes go to `path`, a sparse
+    /// copy of `base` made here, instead of memory: replaying a trace larger
+    /// than memory, or measuring the memory of what follows the trace.
+    /// `base` is still never written.
+    pub fn with_scratch(base: Box<dyn BlockDevice>, path: &std::path::Path) -> Result<Self> {
+        use std::os::unix::fs::FileExt;
+        let size = base.size();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|source| Error::Io { offset: 0, source })?;
+        file.set_len(size).map_err(|source| Error::Io {
+            offset: size,
+            source,
+        })?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut pos = 0u64;
+        while pos < size {
+            let n = (size - pos).min(buf.len() as u64) as usize;
+            let chunk = &mut buf[..n];
+            base.read_at(pos, chunk)?;
+            if chunk.iter().any(|&b| b != 0) {
+                file.write_all_at(chunk, pos).map_err(|source| Error::Io {
+                    offset: pos,
+                    source,
+                })?;
+            }
+            pos += n as u64;
+        }
+        let mut dev = OverlayDevice::new(base);
+        dev.scratch = Some(file);
+        Ok(dev)
     }
 
     /// The device underneath.
@@ -165,6 +206,28 @@ impl OverlayDevice {
 
     /// Writes `n` bytes at `offset` (inside the device): `data`, or zeroes.
     fn fill(&mut self, offset: u64, n: u64, data: Option<&[u8]>) {
+        if let Some(file) = &self.scratch {
+            use std::os::unix::fs::FileExt;
+            let r = match data {
+                Some(d) => file.write_all_at(&d[..n as usize], offset),
+                None => {
+                    let zeros = vec![0u8; n.min(1 << 20) as usize];
+                    let mut done = 0u64;
+                    let mut r = Ok(());
+                    while done < n && r.is_ok() {
+                        let k = (n - done).min(zeros.len() as u64);
+                        r = file.write_all_at(&zeros[..k as usize], offset + done);
+                        done += k;
+                    }
+                    r
+                }
+            };
+            if let Err(e) = r {
+                tracing::warn!("overlay scratch: writing {n} bytes at {offset}: {e}");
+                self.stats.malformed += 1;
+            }
+            return;
+        }
         let mut done = 0u64;
         while done < n {
             let pos = offset + done;
@@ -210,6 +273,12 @@ impl BlockDevice for OverlayDevice {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         check_range(offset, buf.len() as u64, self.size)?;
+        if let Some(file) = &self.scratch {
+            use std::os::unix::fs::FileExt;
+            return file
+                .read_exact_at(buf, offset)
+                .map_err(|source| Error::Io { offset, source });
+        }
         if self.pages.is_empty() {
             return self.base.read_at(offset, buf);
         }
@@ -290,6 +359,27 @@ mod tests {
             flags: WriteFlags::ZEROES,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn scratch_file_gives_the_same_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = base(3 * 4096 + 100);
+        let mut mem = OverlayDevice::new(Box::new(b.clone()));
+        let mut file =
+            OverlayDevice::with_scratch(Box::new(b.clone()), &dir.path().join("s")).unwrap();
+        let writes = [
+            DiskWrite::write(1, 4000, Bytes::from(vec![7u8; 300])),
+            zeroes(10, 5000),
+            DiskWrite::write(2, 3 * 4096 + 90, Bytes::from(vec![9u8; 50])),
+        ];
+        for w in &writes {
+            mem.apply(w);
+            file.apply(w);
+        }
+        assert_eq!(read_all(&mem), read_all(&file));
+        assert_eq!(read_all(&file), reference(b, &writes));
+        assert_eq!(file.bytes_held(), 0);
     }
 
     #[test]
