@@ -68,6 +68,11 @@ pub struct ReplayArgs {
     /// At most this many bytes of such writes are held.
     #[arg(long, value_name = "BYTES")]
     pub unknown_budget: Option<u64>,
+    /// Apply the trace to FILE (made a sparse copy of BASE first) instead
+    /// of holding the written data in memory: for traces larger than
+    /// memory. BASE is still never written.
+    #[arg(long, value_name = "FILE")]
+    pub scratch: Option<PathBuf>,
 }
 
 /// Arguments of `gammaray crawl`.

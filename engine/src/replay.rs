@@ -313,7 +313,11 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
     // Follow the traces, in order, over one overlay and one inference per
     // partition: a later trace continues where the one before left the
     // disk (for example the next boot of the same VM).
-    let mut overlay = OverlayDevice::new(Box::new(base.clone()));
+    let mut overlay = match &args.scratch {
+        Some(path) => OverlayDevice::with_scratch(Box::new(base.clone()), path)
+            .with_context(|| format!("making --scratch {}", path.display()))?,
+        None => OverlayDevice::new(Box::new(base.clone())),
+    };
     let bar = trace_bar(trace_len);
     let replay_started = Instant::now();
     let mut timings = Timings::default();
