@@ -56,6 +56,13 @@ pub trait Inference: Send {
     /// current partition contents.
     fn tick(&mut self, before: &dyn BlockDevice, now_ns: u64, out: &mut Vec<FileEvent>);
 
+    /// The stream paused or ended (end of a trace, a source stopping):
+    /// applies what waits for a flush that may not come. `dev` is the
+    /// current partition contents.
+    fn settle(&mut self, dev: &dyn BlockDevice, out: &mut Vec<FileEvent>) {
+        let _ = (dev, out);
+    }
+
     /// The last consistent model (as of the last applied commit).
     fn model(&self) -> &FsModel;
 

@@ -160,10 +160,14 @@ fn follow(
     let mut events: Vec<FileEvent> = Vec::new();
     let mut entries = 0u64;
     let mut last_ts = 0u64;
+    let mut error = None;
     for item in trace {
         let entry = match item {
             Ok(e) => e,
-            Err(e) => return Ok((entries, Some(e))),
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
         };
         entries += 1;
         let w = entry.write;
@@ -191,7 +195,16 @@ fn follow(
         // Cheap: indicatif only redraws a few times a second.
         bar.set_position(bar_base + entry.log_offset);
     }
-    Ok((entries, None))
+    // The trace ended: what waits for a flush that will not come is
+    // applied now.
+    for f in followers.iter_mut() {
+        let dev = SliceDevice::new(&*overlay, f.start, f.len)?;
+        let from = events.len();
+        f.inference.settle(&dev, &mut events);
+        stamp_part(&mut events[from..], f.number);
+    }
+    sink.emit(&mut events)?;
+    Ok((entries, error))
 }
 
 /// Runs `gammaray replay`.

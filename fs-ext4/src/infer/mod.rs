@@ -51,6 +51,14 @@ use view::{JournalOverlay, View};
 /// never this large; QEMU splits requests far below it).
 pub const MAX_WRITE_BYTES: u64 = 256 << 20;
 
+/// Metadata blocks written home that are held for the next flush at most;
+/// more are applied at once.
+pub const MAX_BATCH_BLOCKS: usize = 16_384;
+
+/// A batch of home metadata writes waits at most this long (write time)
+/// for a flush.
+pub const BATCH_WAIT_NS: u64 = 1_000_000_000;
+
 /// One metadata block of a transaction: home block, old and new contents.
 pub(crate) type Change = (u64, Arc<[u8]>, Arc<[u8]>);
 
@@ -67,6 +75,12 @@ pub struct Ext4Inference {
     jov: JournalOverlay,
     journal: Option<JournalTracker>,
     pending: Pending,
+    /// Metadata written home since the last flush, not yet applied:
+    /// `(block, contents before the first write, latest contents)`.
+    batch: Vec<Change>,
+    batch_index: std::collections::HashMap<u64, usize>,
+    /// Time of the first write of the batch (0: none or unknown).
+    batch_ts: u64,
     /// Files that had data written since their last metadata change (their
     /// next mtime change is not an `attrib`).
     data_dirty: HashSet<u64>,
@@ -116,6 +130,9 @@ impl Ext4Inference {
             jov: JournalOverlay::default(),
             journal,
             pending: Pending::default(),
+            batch: Vec::new(),
+            batch_index: std::collections::HashMap::new(),
+            batch_ts: 0,
             data_dirty: HashSet::new(),
             cfg: *cfg,
             c,
@@ -251,9 +268,42 @@ impl Ext4Inference {
             self.c.home_meta_blocks += 1;
             changes.push((b, old.into(), new.into()));
         }
-        if !changes.is_empty() {
-            self.apply(after, changes, ts_ns, out);
+        // Batched until the guest's next flush: a file system without a
+        // journal, or a journal replayed after a crash, writes the blocks
+        // of one change one at a time and in any order, and only their
+        // whole (at the flush that makes them durable) is consistent.
+        for (b, old, new) in changes {
+            match self.batch_index.get(&b) {
+                Some(&i) => {
+                    if let Some(c) = self.batch.get_mut(i) {
+                        c.2 = new;
+                    }
+                }
+                None => {
+                    self.batch_index.insert(b, self.batch.len());
+                    self.batch.push((b, old, new));
+                }
+            }
         }
+        if self.batch_ts == 0 {
+            self.batch_ts = ts_ns.max(1);
+        }
+        if self.batch.len() >= MAX_BATCH_BLOCKS {
+            self.apply_batch(after, ts_ns, out);
+        }
+    }
+
+    /// Applies the metadata written home since the last flush as one
+    /// transaction; `dev` reads the disk as it is now.
+    fn apply_batch(&mut self, dev: &dyn BlockDevice, ts_ns: u64, out: &mut Vec<FileEvent>) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let mut changes = std::mem::take(&mut self.batch);
+        self.batch_index.clear();
+        self.batch_ts = 0;
+        changes.retain(|c| c.1 != c.2);
+        self.apply(dev, changes, ts_ns, out);
     }
 
     /// Journal blocks written: note descriptors, apply transactions whose
@@ -278,6 +328,8 @@ impl Ext4Inference {
             let Some(txn) = j.on_block(after, phys, logical, &mut self.c) else {
                 continue;
             };
+            // Home writes before this commit come first.
+            self.apply_batch(after, ts_ns, out);
             // Revoked blocks are no longer journaled metadata.
             for r in &txn.revoked {
                 self.jov.remove(*r);
@@ -338,11 +390,27 @@ impl Inference for Ext4Inference {
             self.tick(before, w.ts_ns, out);
         }
         self.handle(before, w, out);
+        if w.flags.intersects(WriteFlags::FLUSH | WriteFlags::FUA) && !self.batch.is_empty() {
+            if w.has_data() && w.data.len() as u64 == w.len {
+                let after = PatchedDevice::new(before, w.offset, &w.data);
+                self.apply_batch(&after, w.ts_ns, out);
+            } else {
+                self.apply_batch(before, w.ts_ns, out);
+            }
+        }
         self.c.unknown_held_bytes = self.pending.bytes();
     }
 
-    fn tick(&mut self, _before: &dyn BlockDevice, now_ns: u64, _out: &mut Vec<FileEvent>) {
+    fn settle(&mut self, dev: &dyn BlockDevice, out: &mut Vec<FileEvent>) {
+        let ts = self.now_ns;
+        self.apply_batch(dev, ts, out);
+    }
+
+    fn tick(&mut self, before: &dyn BlockDevice, now_ns: u64, out: &mut Vec<FileEvent>) {
         self.now_ns = self.now_ns.max(now_ns);
+        if self.batch_ts != 0 && self.now_ns > self.batch_ts.saturating_add(BATCH_WAIT_NS) {
+            self.apply_batch(before, now_ns, out);
+        }
         self.pending.expire(self.now_ns, self.cfg.unknown_ttl_ns);
         self.c.unknown_held_bytes = self.pending.bytes();
     }
