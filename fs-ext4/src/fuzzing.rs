@@ -256,7 +256,8 @@ pub mod jbd2 {
 ///
 /// - `0..=3`: a plain write: `[block: u16][offset: u16][n: u8][n bytes]`
 ///   at `block` modulo the image's blocks, `offset` modulo the block size;
-///   the kind's high nibble repeats the bytes (a longer write);
+///   the kind's high nibble repeats the bytes (a longer write), bit 3
+///   makes it FUA (home metadata is applied at a flush or FUA);
 /// - `4`: a whole jbd2 transaction at the journal's head: `[k: u8]` then
 ///   `k % 4 + 1` times `[home: u16][offset: u16][n: u8][n bytes]`, each
 ///   the home block's current contents patched; a descriptor, the logged
@@ -267,8 +268,9 @@ pub mod jbd2 {
 /// - `7`: an odd request `[which: u8][block: u16][len: u16]`: discard,
 ///   write-zeroes, past the end, data shorter than its length.
 ///
-/// Invariants checked (a panic is a finding): the bytes held for unknown
-/// blocks never exceed the budget. Returns the inference's counters at the
+/// At the end the inference settles (the stream ended). Invariants
+/// checked (a panic is a finding): the bytes held for unknown blocks never
+/// exceed the budget. Returns the inference's counters at the
 /// end (none when the image does not crawl).
 pub fn infer(image: &[u8], data: &[u8]) -> Vec<gammaray_core::Counter> {
     use crate::infer::Ext4Inference;
@@ -378,7 +380,12 @@ pub fn infer(image: &[u8], data: &[u8]) -> Vec<gammaray_core::Counter> {
                 }
                 let at = block * bs + off;
                 let buf = &buf[..buf.len().min((size - at) as usize)];
-                dr.send(DiskWrite::write(0, at, Bytes::copy_from_slice(buf)));
+                let mut w = DiskWrite::write(0, at, Bytes::copy_from_slice(buf));
+                if kind & 8 != 0 {
+                    // Durable at once: applies home metadata written so far.
+                    w.flags = WriteFlags::FUA;
+                }
+                dr.send(w);
             }
             4 | 5 => {
                 let Some(j) = jsb else { continue };
@@ -449,6 +456,7 @@ pub fn infer(image: &[u8], data: &[u8]) -> Vec<gammaray_core::Counter> {
             }
         }
     }
+    dr.inf.settle(&dr.ov, &mut dr.out);
     let _ = dr.inf.model().files.len();
     dr.inf.counters()
 }
