@@ -421,13 +421,11 @@ fn malformed_requests() {
 }
 
 /// A request that straddles the end of the partition: `OverlayDevice`
-/// (like the testbed's trace applier) applies the part inside, while
-/// `Ext4Inference` drops the whole request as a bad write, so the model
-/// no longer matches the disk. Here write-zeroes from `/dir`'s directory
-/// block to past the end wipe the directory on disk; the model still lists
-/// its files.
+/// (like the testbed's trace applier) applies the part inside, and so must
+/// `Ext4Inference` (it counts the request as bad, and follows the part
+/// inside). Here write-zeroes from `/dir`'s directory block to past the
+/// end wipe the directory on disk; the model must lose its files too.
 #[test]
-#[ignore = "known bug: inference drops requests straddling the end; the overlay applies their in-range part"]
 fn straddling_request_is_applied_like_the_overlay() {
     bounded(|| {
         let dir = tempfile::tempdir().unwrap();

@@ -51,6 +51,12 @@ use view::{JournalOverlay, View};
 /// never this large; QEMU splits requests far below it).
 pub const MAX_WRITE_BYTES: u64 = 256 << 20;
 
+/// Write-zeroes requests are followed in pieces of this many bytes.
+const ZEROES_CHUNK: u64 = 1 << 22;
+
+/// What a piece of write-zeroes writes.
+static ZEROS: [u8; ZEROES_CHUNK as usize] = [0; ZEROES_CHUNK as usize];
+
 /// Metadata blocks written home that are held for the next flush at most;
 /// more are applied at once.
 pub const MAX_BATCH_BLOCKS: usize = 16_384;
@@ -149,8 +155,14 @@ impl Ext4Inference {
         if w.flags.contains(WriteFlags::MARK) || w.len == 0 {
             return;
         }
-        if w.len > MAX_WRITE_BYTES || w.offset.saturating_add(w.len) > before.size() {
+        let size = before.size();
+        if w.offset.saturating_add(w.len) > size {
+            // The part inside the partition is what the disk keeps.
             self.c.bad_writes += 1;
+            match w.clip(0, size) {
+                Some(inside) if inside.len < w.len => self.handle(before, &inside, out),
+                _ => {}
+            }
             return;
         }
         let bs = self.bs;
@@ -158,13 +170,30 @@ impl Ext4Inference {
         let last = (w.offset + w.len - 1) / bs;
         if w.flags.contains(WriteFlags::DISCARD) {
             self.c.discards += 1;
-            for b in first..=last {
-                self.pending.forget(b);
+            self.pending.forget_range(first, last + 1);
+            return;
+        }
+        if w.flags.contains(WriteFlags::ZEROES) && w.len > ZEROES_CHUNK {
+            // Large write-zeroes: in pieces, without allocating their size.
+            let mut off = 0u64;
+            while off < w.len {
+                let n = (w.len - off).min(ZEROES_CHUNK);
+                let piece = DiskWrite {
+                    offset: w.offset + off,
+                    len: n,
+                    ..w.clone()
+                };
+                self.handle(before, &piece, out);
+                off += n;
             }
             return;
         }
+        if w.len > MAX_WRITE_BYTES {
+            self.c.bad_writes += 1;
+            return;
+        }
         let data: Bytes = if w.flags.contains(WriteFlags::ZEROES) {
-            Bytes::from(vec![0u8; w.len as usize])
+            Bytes::from_static(ZEROS.get(..w.len as usize).unwrap_or(&[]))
         } else if w.data.len() as u64 == w.len {
             w.data.clone()
         } else {

@@ -130,6 +130,26 @@ impl Pending {
         let _ = self.take(block);
     }
 
+    /// Forgets blocks `[start, end)` (a discard).
+    pub fn forget_range(&mut self, start: u64, end: u64) {
+        if end.saturating_sub(start) > (self.held.len() + self.lost.len()) as u64 {
+            let mut freed = 0u64;
+            self.held.retain(|b, h| {
+                let keep = !(start..end).contains(b);
+                if !keep {
+                    freed += h.data.len() as u64;
+                }
+                keep
+            });
+            self.bytes = self.bytes.saturating_sub(freed);
+            self.lost.retain(|b, _| !(start..end).contains(b));
+        } else {
+            for b in start..end {
+                self.forget(b);
+            }
+        }
+    }
+
     /// Bytes held now.
     pub fn bytes(&self) -> u64 {
         self.bytes
