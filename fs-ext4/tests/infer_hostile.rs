@@ -347,7 +347,7 @@ fn huge_file_size_does_not_hang() {
 /// that disagrees with `len` (on a free block), discards and write-zeroes
 /// (over free space, over the end, over the whole disk). None may panic;
 /// the bad ones are counted; a later change is still followed. (Requests
-/// that straddle the end: see the ignored test below.)
+/// that straddle the end: see the next test.)
 #[test]
 fn malformed_requests() {
     bounded(|| {
@@ -420,11 +420,11 @@ fn malformed_requests() {
     });
 }
 
-/// A request that straddles the end of the partition: `OverlayDevice`
-/// (like the testbed's trace applier) applies the part inside, and so must
-/// `Ext4Inference` (it counts the request as bad, and follows the part
-/// inside). Here write-zeroes from `/dir`'s directory block to past the
-/// end wipe the directory on disk; the model must lose its files too.
+/// A request that straddles the end of the partition is followed for
+/// its part inside, as `OverlayDevice` (and the disk) apply it: write-zeroes
+/// from `/dir`'s directory block to past the end wipe the directory, and
+/// the model must say so. (Inference used to drop the whole request as a
+/// bad write, leaving the model out of step with the disk.)
 #[test]
 fn straddling_request_is_applied_like_the_overlay() {
     bounded(|| {
