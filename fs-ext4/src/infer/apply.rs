@@ -1,11 +1,13 @@
 //! Applying one transaction of metadata blocks: which inodes it touched,
 //! what changed in them, the events, and the model update.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use gammaray_core::blockmap::{BlockMap, Owner};
 use gammaray_core::model::{FileRecord, FileType};
+use gammaray_core::name::Name;
 use gammaray_core::{BlockDevice, EventKind, FileEvent, LostReason};
 
 use super::data::{FileMap, RangeKind};
@@ -27,7 +29,7 @@ const MAX_INODES_PER_BATCH: usize = 65_536;
 type NameKey = (u64, Box<[u8]>, u64);
 
 /// Names of a directory: `(name, child)`.
-type Names = Vec<(Box<[u8]>, u64)>;
+type Names = Vec<(Name, u64)>;
 
 impl Ext4Inference {
     /// Inode number of slot `k` of inode-table block `b` in `group`.
@@ -88,7 +90,7 @@ impl Ext4Inference {
         }
         let isz = self.isz as usize;
         let mut dirty: BTreeSet<u64> = BTreeSet::new();
-        let mut reborn: HashSet<u64> = HashSet::new();
+        let mut reborn: HashSet<u64> = HashSet::default();
         let mut resize = false;
         for (b, old, new) in &changes {
             match self.model.blocks.owner(*b) {
@@ -267,7 +269,7 @@ impl Ext4Inference {
                 match e {
                     Ok(e) if e.inode == 0 || e.is_dot() => {}
                     Ok(e) if u64::from(e.inode) > max_ino => self.c.anomalies += 1,
-                    Ok(e) => out.push((Box::from(e.name), u64::from(e.inode))),
+                    Ok(e) => out.push((Name::from(e.name), u64::from(e.inode))),
                     Err(_) => self.c.anomalies += 1,
                 }
             }
@@ -308,21 +310,24 @@ impl Ext4Inference {
             (o, n)
         };
         let new_files: HashMap<u64, FileRecord> = new_scan.files.into_iter().collect();
-        let mut old_runs: HashMap<u64, Vec<(u64, u64, Owner)>> = HashMap::new();
+        let mut old_runs: HashMap<u64, Vec<(u64, u64, Owner)>> = HashMap::default();
         for (s, n, o) in old_scan.runs {
             if let Some(f) = o.file() {
                 old_runs.entry(f).or_default().push((s, n, o));
             }
         }
-        let mut new_runs: HashMap<u64, Vec<(u64, u64, Owner)>> = HashMap::new();
+        let mut new_runs: HashMap<u64, Vec<(u64, u64, Owner)>> = HashMap::default();
         for (s, n, o) in new_scan.runs {
             if let Some(f) = o.file() {
                 new_runs.entry(f).or_default().push((s, n, o));
             }
         }
-        let mut new_entries: HashMap<u64, Names> = HashMap::new();
+        let mut new_entries: HashMap<u64, Names> = HashMap::default();
         for (d, name, child) in new_scan.entries {
-            new_entries.entry(d).or_default().push((name, child));
+            new_entries
+                .entry(d)
+                .or_default()
+                .push((Name::from(&*name), child));
         }
         // Same file before and after (not freed and reused in between).
         let same = |ino: u64, files: &BTreeMap<u64, FileRecord>| -> bool {
@@ -340,7 +345,7 @@ impl Ext4Inference {
         // 1. Names removed and added, per directory.
         let mut removed: Vec<NameKey> = Vec::new();
         let mut added: Vec<NameKey> = Vec::new();
-        let mut dirs_changed: HashSet<u64> = HashSet::new();
+        let mut dirs_changed: HashSet<u64> = HashSet::default();
         for &ino in dirty {
             let was_dir = self
                 .model
@@ -385,7 +390,7 @@ impl Ext4Inference {
                 // Inline directory (or an empty one): whole lists.
                 if was_dir {
                     for e in self.model.tree.entries(ino) {
-                        old_side.push((Box::from(&*e.name), e.child));
+                        old_side.push((e.name.clone(), e.child));
                     }
                 }
                 if let Some(v) = new_entries.get(&ino) {
@@ -395,7 +400,7 @@ impl Ext4Inference {
                 // Created or freed: one side is the whole directory.
                 if was_dir {
                     for e in self.model.tree.entries(ino) {
-                        old_side.push((Box::from(&*e.name), e.child));
+                        old_side.push((e.name.clone(), e.child));
                     }
                 }
                 let blocks: Vec<u64> = new_blocks.iter().map(|b| b.0).collect();
@@ -412,25 +417,38 @@ impl Ext4Inference {
                 self.read_dir_blocks(dev, olds, &o, &mut old_side);
                 self.read_dir_blocks(dev, news, &n, &mut new_side);
             }
-            let mut count: HashMap<(&[u8], u64), i64> = HashMap::new();
-            for (n, c) in &old_side {
-                *count.entry((&**n, *c)).or_default() -= 1;
-            }
-            for (n, c) in &new_side {
-                *count.entry((&**n, *c)).or_default() += 1;
-            }
-            for ((name, child), k) in count {
-                if k != 0 {
-                    dirs_changed.insert(ino);
-                }
-                for _ in 0..k.unsigned_abs() {
-                    let key = (ino, Box::from(name), child);
-                    if k < 0 {
-                        removed.push(key.clone());
-                    } else {
-                        added.push(key.clone());
+            // Multiset difference by sorting both sides and merging.
+            old_side.sort_unstable_by(|a, b| (&*a.0, a.1).cmp(&(&*b.0, b.1)));
+            new_side.sort_unstable_by(|a, b| (&*a.0, a.1).cmp(&(&*b.0, b.1)));
+            let (mut i, mut j) = (0, 0);
+            let before_len = (removed.len(), added.len());
+            while i < old_side.len() || j < new_side.len() {
+                let ord = match (old_side.get(i), new_side.get(j)) {
+                    (Some(a), Some(b)) => (&*a.0, a.1).cmp(&(&*b.0, b.1)),
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    _ => std::cmp::Ordering::Greater,
+                };
+                match ord {
+                    std::cmp::Ordering::Equal => {
+                        i += 1;
+                        j += 1;
+                    }
+                    std::cmp::Ordering::Less => {
+                        if let Some((n, c)) = old_side.get(i) {
+                            removed.push((ino, Box::from(&**n), *c));
+                        }
+                        i += 1;
+                    }
+                    std::cmp::Ordering::Greater => {
+                        if let Some((n, c)) = new_side.get(j) {
+                            added.push((ino, Box::from(&**n), *c));
+                        }
+                        j += 1;
                     }
                 }
+            }
+            if (removed.len(), added.len()) != before_len {
+                dirs_changed.insert(ino);
             }
         }
         removed.sort();
@@ -440,7 +458,7 @@ impl Ext4Inference {
         let mut moves: Vec<(NameKey, NameKey)> = Vec::new();
         let mut rem_left: Vec<NameKey> = Vec::new();
         {
-            let mut by_child: HashMap<u64, Vec<NameKey>> = HashMap::new();
+            let mut by_child: HashMap<u64, Vec<NameKey>> = HashMap::default();
             for r in removed {
                 by_child.entry(r.2).or_default().push(r);
             }
@@ -464,7 +482,7 @@ impl Ext4Inference {
 
         // 3. Deletes (paths as they were), deepest first.
         let mut deletes: Vec<FileEvent> = Vec::new();
-        let mut deleted_inodes: HashSet<u64> = HashSet::new();
+        let mut deleted_inodes: HashSet<u64> = HashSet::default();
         for (d, name, child) in &rem_left {
             let path = self.parents.child_path(*d, name, root);
             let ftype = self
@@ -526,7 +544,7 @@ impl Ext4Inference {
 
         // 5. Records, block map, inline data.
         let mut freed: Vec<u64> = Vec::new();
-        let mut old_recs: HashMap<u64, FileRecord> = HashMap::new();
+        let mut old_recs: HashMap<u64, FileRecord> = HashMap::default();
         for &ino in dirty {
             if let Some(r) = self.model.files.remove(&ino) {
                 old_recs.insert(ino, r);
@@ -539,7 +557,7 @@ impl Ext4Inference {
             }
         }
         let mut new_inline: HashMap<u64, Vec<u8>> = new_scan.inline.into_iter().collect();
-        let mut old_inline: HashMap<u64, Vec<u8>> = HashMap::new();
+        let mut old_inline: HashMap<u64, Vec<u8>> = HashMap::default();
         for &ino in dirty {
             if let Some(v) = self.model.inline.remove(&ino) {
                 old_inline.insert(ino, v);
@@ -549,7 +567,7 @@ impl Ext4Inference {
             }
         }
         // Newly mapped data blocks, per file: (logical first, phys, count).
-        let mut fresh: HashMap<u64, Vec<(u64, u64, u64)>> = HashMap::new();
+        let mut fresh: HashMap<u64, Vec<(u64, u64, u64)>> = HashMap::default();
         for &ino in dirty {
             let old = old_runs.get(&ino).map(Vec::as_slice).unwrap_or(&[]);
             let new = new_runs.get(&ino).map(Vec::as_slice).unwrap_or(&[]);
@@ -607,7 +625,7 @@ impl Ext4Inference {
             arrivals.push(ev);
         }
         let moved: HashSet<u64> = moves.iter().map(|m| m.1 .2).collect();
-        let mut created: HashSet<u64> = HashSet::new();
+        let mut created: HashSet<u64> = HashSet::default();
         for (d, name, child) in &added {
             let path = self.parents.child_path(*d, name, root);
             let rec = self.model.files.get(child);
@@ -672,7 +690,7 @@ impl Ext4Inference {
                     out.push(ev);
                     modified = true;
                 }
-                let mut held: HashMap<u64, (Option<Held>, Option<LostReason>)> = HashMap::new();
+                let mut held: HashMap<u64, (Option<Held>, Option<LostReason>)> = HashMap::default();
                 for &(_, p, n) in fresh.get(&ino).map(Vec::as_slice).unwrap_or(&[]) {
                     for b in p..p + n {
                         let t = self.pending.take(b);

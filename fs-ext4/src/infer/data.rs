@@ -1,11 +1,10 @@
 //! File data: writes to known data blocks, and the byte ranges a
 //! transaction makes valid (appends, filled holes, new files).
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 use gammaray_core::model::FileType;
 use gammaray_core::{BlockDevice, DiskWrite, EventKind, FileEvent, LostReason};
+use rustc_hash::FxHashMap as HashMap;
 
 use super::pending::Held;
 use super::Ext4Inference;
@@ -207,6 +206,7 @@ impl Ext4Inference {
             out.push(ev);
             return;
         }
+        let first_event = out.len();
         let max = self.cfg.max_event_data.max(1) as u64;
         // Zeros next to holes are what the holes read as (a sparse file
         // grown by truncate): trim them. A plain append is reported exactly.
@@ -247,6 +247,13 @@ impl Ext4Inference {
                     }
                 }
             }
+        }
+        if kind == RangeKind::Grow && out.len() == first_event {
+            // All trimmed away (zeros over holes): the size still changed.
+            let mut ev = FileEvent::new(0, EventKind::Modify, path.into(), FileType::File, file);
+            ev.size = Some(size);
+            ev.ts_ns = ts_ns;
+            out.push(ev);
         }
     }
 

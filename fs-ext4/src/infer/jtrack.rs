@@ -9,6 +9,10 @@ use gammaray_core::{BlockDevice, Error, FsModel, Result};
 use super::counters::Counters;
 use crate::journal::{self, BlockKind, JournalSuperblock, Transaction};
 
+/// A commit more than this many transactions ahead of the last one is
+/// not followed.
+const MAX_SEQUENCE_GAP: u32 = 1 << 16;
+
 /// First blocks remembered for transactions not yet committed.
 const MAX_OPEN_TXNS: usize = 256;
 
@@ -150,6 +154,13 @@ impl JournalTracker {
         if let Some(last) = self.last {
             if !after(seq, last) {
                 c.journal_stale_commits += 1;
+                return None;
+            }
+            if seq.wrapping_sub(last) > MAX_SEQUENCE_GAP {
+                // jbd2 numbers transactions one by one: a commit far ahead
+                // is forged (or garbage); following it would make every
+                // real commit after it look stale.
+                c.anomalies += 1;
                 return None;
             }
         }

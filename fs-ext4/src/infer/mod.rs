@@ -29,7 +29,7 @@ mod paths;
 mod pending;
 mod view;
 
-use std::collections::HashSet;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -84,7 +84,7 @@ pub struct Ext4Inference {
     /// Metadata written home since the last flush, not yet applied:
     /// `(block, contents before the first write, latest contents)`.
     batch: Vec<Change>,
-    batch_index: std::collections::HashMap<u64, usize>,
+    batch_index: HashMap<u64, usize>,
     /// Time of the first write of the batch (0: none or unknown).
     batch_ts: u64,
     /// Files that had data written since their last metadata change (their
@@ -137,9 +137,9 @@ impl Ext4Inference {
             journal,
             pending: Pending::default(),
             batch: Vec::new(),
-            batch_index: std::collections::HashMap::new(),
+            batch_index: std::collections::HashMap::default(),
             batch_ts: 0,
-            data_dirty: HashSet::new(),
+            data_dirty: HashSet::default(),
             cfg: *cfg,
             c,
             now_ns: 0,

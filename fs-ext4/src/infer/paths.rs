@@ -1,9 +1,8 @@
 //! From a file to its paths: the directory tree read upwards.
 
-use std::collections::HashMap;
-
 use gammaray_core::model::{FileId, Tree};
 use gammaray_core::name::Name;
+use rustc_hash::FxHashMap as HashMap;
 
 /// Paths deeper than this are cut (a directory loop written by a hostile
 /// guest must not make path building run forever).
@@ -18,7 +17,8 @@ pub struct Parents {
 impl Parents {
     /// Builds the reverse of `tree`.
     pub fn build(tree: &Tree) -> Self {
-        let mut map: HashMap<FileId, Vec<(FileId, Name)>> = HashMap::with_capacity(tree.len());
+        let mut map: HashMap<FileId, Vec<(FileId, Name)>> =
+            HashMap::with_capacity_and_hasher(tree.len(), Default::default());
         for (dir, entries) in tree.dirs() {
             for e in entries {
                 map.entry(e.child).or_default().push((dir, e.name.clone()));

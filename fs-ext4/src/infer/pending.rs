@@ -6,7 +6,8 @@
 //! a TTL and a byte budget; what falls out is remembered as lost (bounded
 //! too), so that the owner's events can say which range was not seen.
 
-use std::collections::{HashMap, VecDeque};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::VecDeque;
 
 use bytes::Bytes;
 use gammaray_core::LostReason;

@@ -2,7 +2,7 @@
 //! copies that are not yet written home laid over their home blocks, and
 //! optionally a transaction's blocks (old or new contents) on top.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use gammaray_core::{BlockDevice, Result};
@@ -214,7 +214,7 @@ mod tests {
         disk[48..56].copy_from_slice(&[0xC0, 0, 0, 0, 5, 5, 5, 5]);
         let mut j = JournalOverlay::default();
         j.insert(1, 6, true); // home block 1 (bytes 8..16) lives at block 6
-        let mut over = HashMap::new();
+        let mut over = HashMap::default();
         over.insert(2u64, Arc::<[u8]>::from(vec![9u8; 8]));
         let v = View {
             dev: &disk,
