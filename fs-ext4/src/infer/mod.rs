@@ -15,15 +15,41 @@
 //!   crawler's own code ([`crate::crawl::scan_inodes`]) and diffs them with
 //!   the model: names removed and added (a name removed and the same inode
 //!   added in one transaction is a `move`), sizes, new blocks, attributes;
-//! - data for blocks nobody owned is held ([`pending`]) and reported when
+//! - data for blocks nobody owned is held (see `pending.rs`) and reported when
 //!   the transaction that gives the blocks to a file commits.
 //!
 //! Readers of [`Inference::model`] see the state as of the last applied
 //! transaction, never a half-applied one.
+//!
+//! Metadata written home without a commit (no journal, or a journal being
+//! replayed after a crash) is collected until the guest's next flush and
+//! applied then as one transaction; a block written home that equals its
+//! committed journal copy (the checkpoint) changes nothing.
+//!
+//! # Limits (what is not inferred, or only partly)
+//!
+//! - `data=journal` mounts: file data logged in the journal updates sizes
+//!   and mappings but gives no `modify` with the bytes.
+//! - ext4 fast commits (`fast_commit`) are not parsed: such changes are
+//!   seen at the next full commit or when written home. External journals
+//!   are not followed (metadata is then seen when written home).
+//! - A disk crawled with committed but un-checkpointed transactions in its
+//!   journal (a live or crashed guest) starts from the home blocks; the
+//!   journal's changes appear when the guest writes them home.
+//! - A resize (block or inode count changing) rebuilds the model with a
+//!   full crawl and emits no events for what the resize changed.
+//! - Extended attributes (ACLs, security labels) are not compared: changing
+//!   only them gives no `attrib`.
+//! - Event paths replace non-UTF-8 bytes; events about a hard-linked file
+//!   go to at most [`data::MAX_LINK_PATHS`] of its names.
+//! - Data written in place inside a file is reported when the write
+//!   arrives, before the commit that carries its mtime; a truncate that
+//!   zeroes the tail of the last block shows that zeroing as a `modify`
+//!   before the truncate's own event.
 
 mod apply;
 mod counters;
-mod data;
+pub mod data;
 mod jtrack;
 mod paths;
 mod pending;
