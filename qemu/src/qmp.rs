@@ -111,12 +111,30 @@ impl Qmp {
     /// Connects to QEMU's QMP socket, reads the greeting and negotiates
     /// capabilities; every step is bounded by `timeout`.
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Self, QmpError> {
-        let stream = tokio::time::timeout(timeout, UnixStream::connect(path))
-            .await
-            .map_err(|_| QmpError::Timeout {
-                step: format!("connecting to {}", path.display()),
-                timeout,
-            })??;
+        // A socket that QEMU has bound but not yet listens on refuses
+        // connections for a moment: retry until the timeout.
+        let connect = async {
+            loop {
+                match UnixStream::connect(path).await {
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                        ) =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    other => return other,
+                }
+            }
+        };
+        let stream =
+            tokio::time::timeout(timeout, connect)
+                .await
+                .map_err(|_| QmpError::Timeout {
+                    step: format!("connecting to {}", path.display()),
+                    timeout,
+                })??;
         let (r, w) = stream.into_split();
         let mut r = BufReader::new(r);
         let greet = async {

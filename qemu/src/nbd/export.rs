@@ -50,6 +50,27 @@ async fn deliver(tx: &WriteSender, w: DiskWrite) -> Result<(), OpError> {
         .map_err(|_| OpError::io("the consumer of captured writes has gone away"))
 }
 
+/// Bookkeeping around the writes an [`ImageExport`] applies to its image:
+/// the engine keeps what the image held before each write until inference
+/// has caught up with it (inference must read the disk as it was before
+/// the write it is looking at).
+pub trait WriteGuard: Send + Sync + std::fmt::Debug {
+    /// Runs `apply`, which overwrites `[offset, offset+len)` of `file`,
+    /// with whatever must happen around it (it runs on a blocking thread).
+    /// Returns a token for [`WriteGuard::reported`].
+    fn around_write(
+        &self,
+        file: &File,
+        offset: u64,
+        len: u64,
+        apply: &mut dyn FnMut() -> std::io::Result<()>,
+    ) -> std::io::Result<u64>;
+
+    /// The write of `token` is reported as the requests up to sequence
+    /// number `last_seq` (called before they are sent).
+    fn reported(&self, token: u64, last_seq: u64);
+}
+
 /// Role (a): serves a raw image. Reads come from the file, writes go to it,
 /// and every write, write-zeroes, trim and flush is reported.
 ///
@@ -63,6 +84,7 @@ pub struct ImageExport {
     size: u64,
     tx: WriteSender,
     seq: AtomicU64,
+    guard: Option<Arc<dyn WriteGuard>>,
 }
 
 impl ImageExport {
@@ -74,7 +96,46 @@ impl ImageExport {
             size,
             tx,
             seq: AtomicU64::new(0),
+            guard: None,
         })
+    }
+
+    /// Like [`ImageExport::new`], with `guard` around every write applied
+    /// to the image.
+    pub fn with_guard(
+        file: File,
+        tx: WriteSender,
+        guard: Arc<dyn WriteGuard>,
+    ) -> std::io::Result<Self> {
+        let mut e = Self::new(file, tx)?;
+        e.guard = Some(guard);
+        Ok(e)
+    }
+
+    /// Applies a write to the image with `f`, under the guard if any.
+    async fn apply(
+        &self,
+        offset: u64,
+        len: u64,
+        f: impl Fn(&File) -> std::io::Result<()> + Send + 'static,
+    ) -> Result<Option<u64>, OpError> {
+        let guard = self.guard.clone();
+        self.blocking(move |file| match &guard {
+            Some(g) => g.around_write(file, offset, len, &mut || f(file)).map(Some),
+            None => f(file).map(|()| None),
+        })
+        .await
+    }
+
+    /// Sends `ws`, telling the guard first which requests report `token`.
+    async fn deliver_all(&self, token: Option<u64>, ws: Vec<DiskWrite>) -> Result<(), OpError> {
+        if let (Some(g), Some(t), Some(last)) = (&self.guard, token, ws.last()) {
+            g.reported(t, last.seq);
+        }
+        for w in ws {
+            deliver(&self.tx, w).await?;
+        }
+        Ok(())
     }
 
     async fn blocking<T: Send + 'static>(
@@ -290,22 +351,23 @@ impl Export {
         match self {
             Export::Image(e) => {
                 let d = data.clone();
-                e.blocking(move |f| {
-                    f.write_all_at(&d, offset)?;
-                    if fua {
-                        f.sync_data()?;
-                    }
-                    Ok(())
-                })
-                .await?;
                 let len = data.len() as u64;
+                let token = e
+                    .apply(offset, len, move |f| {
+                        f.write_all_at(&d, offset)?;
+                        if fua {
+                            f.sync_data()?;
+                        }
+                        Ok(())
+                    })
+                    .await?;
                 let w = if ImageExport::aligned(offset, len) {
                     e.next(ts_ns, offset, len, data, flags)
                 } else {
                     let (start, wide) = e.widened(offset, len).await?;
                     e.next(ts_ns, start, wide.len() as u64, wide, flags)
                 };
-                deliver(&e.tx, w).await
+                e.deliver_all(token, vec![w]).await
             }
             Export::Sink(e) => {
                 let w = e.next(ts_ns, offset, data.len() as u64, data, flags);
@@ -329,23 +391,25 @@ impl Export {
         }
         match self {
             Export::Image(e) => {
-                e.blocking(move |f| {
-                    let zero = vec![0u8; ZERO_CHUNK.min(len as usize)];
-                    let mut at = offset;
-                    let end = offset + len;
-                    while at < end {
-                        let n = (end - at).min(zero.len() as u64) as usize;
-                        f.write_all_at(&zero[..n], at)?;
-                        at += n as u64;
-                    }
-                    if fua {
-                        f.sync_data()?;
-                    }
-                    Ok(())
-                })
-                .await?;
+                let token = e
+                    .apply(offset, len, move |f| {
+                        let zero = vec![0u8; ZERO_CHUNK.min(len as usize)];
+                        let mut at = offset;
+                        let end = offset + len;
+                        while at < end {
+                            let n = (end - at).min(zero.len() as u64) as usize;
+                            f.write_all_at(&zero[..n], at)?;
+                            at += n as u64;
+                        }
+                        if fua {
+                            f.sync_data()?;
+                        }
+                        Ok(())
+                    })
+                    .await?;
                 if ImageExport::aligned(offset, len) {
-                    return deliver(&e.tx, e.next(ts_ns, offset, len, Bytes::new(), flags)).await;
+                    let w = e.next(ts_ns, offset, len, Bytes::new(), flags);
+                    return e.deliver_all(token, vec![w]).await;
                 }
                 // Report the partial sectors at either end as writes of what
                 // the image now holds, and the aligned middle as zeroes.
@@ -353,42 +417,28 @@ impl Export {
                 let end = offset + len;
                 let last_full = end - end % REPORT_SECTOR;
                 let data_flags = flags - WriteFlags::ZEROES;
+                let mut ws = Vec::new();
                 if first_full >= last_full {
                     let (start, wide) = e.widened(offset, len).await?;
-                    return deliver(
-                        &e.tx,
-                        e.next(ts_ns, start, wide.len() as u64, wide, data_flags),
-                    )
-                    .await;
+                    ws.push(e.next(ts_ns, start, wide.len() as u64, wide, data_flags));
+                    return e.deliver_all(token, ws).await;
                 }
                 if first_full > offset {
                     let (start, wide) = e.widened(offset, first_full - offset).await?;
-                    deliver(
-                        &e.tx,
-                        e.next(ts_ns, start, wide.len() as u64, wide, data_flags),
-                    )
-                    .await?;
+                    ws.push(e.next(ts_ns, start, wide.len() as u64, wide, data_flags));
                 }
-                deliver(
-                    &e.tx,
-                    e.next(
-                        ts_ns,
-                        first_full,
-                        last_full - first_full,
-                        Bytes::new(),
-                        flags,
-                    ),
-                )
-                .await?;
+                ws.push(e.next(
+                    ts_ns,
+                    first_full,
+                    last_full - first_full,
+                    Bytes::new(),
+                    flags,
+                ));
                 if end > last_full {
                     let (start, wide) = e.widened(last_full, end - last_full).await?;
-                    deliver(
-                        &e.tx,
-                        e.next(ts_ns, start, wide.len() as u64, wide, data_flags),
-                    )
-                    .await?;
+                    ws.push(e.next(ts_ns, start, wide.len() as u64, wide, data_flags));
                 }
-                Ok(())
+                e.deliver_all(token, ws).await
             }
             Export::Sink(e) => {
                 let w = e.next(ts_ns, offset, len, Bytes::new(), flags);

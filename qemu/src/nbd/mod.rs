@@ -13,7 +13,7 @@ pub mod proto;
 mod server;
 
 pub use export::{
-    Export, ImageExport, LogExport, OpError, SinkExport, WriteSender, LOG_DEVICE_SIZE,
+    Export, ImageExport, LogExport, OpError, SinkExport, WriteGuard, WriteSender, LOG_DEVICE_SIZE,
 };
 pub use server::{
     ConnEnd, Listener, NbdError, NbdServer, ServeUntil, MAX_CONNECTIONS, MAX_OPTIONS,
