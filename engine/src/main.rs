@@ -2,7 +2,7 @@
 //!
 //! Subcommands follow DESIGN.md: `crawl` indexes a disk image, `capture`
 //! records a guest's writes from stock QEMU, `replay` follows a recorded
-//! trace and reports file events.
+//! trace and reports file events, `run` follows a live VM.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod capture;
 mod crawl;
+mod follow;
+mod live;
 mod replay;
 
 /// gammaray: agentless streaming of guest file-system updates.
@@ -30,6 +32,33 @@ enum Command {
     /// Replay a dm-log-writes trace over the image it was recorded from:
     /// file events as JSON lines, and the final state listing.
     Replay(ReplayArgs),
+    /// Run the engine: serve a VM's disk over NBD and stream its file
+    /// events live (JSON lines on stdout) until the VM disconnects, a
+    /// signal arrives, or --for runs out.
+    Run(RunArgs),
+}
+
+/// Arguments of `gammaray run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Serve this raw image over NBD to QEMU (the VM's disk).
+    #[arg(long, value_name = "DISK", requires = "socket")]
+    pub serve: PathBuf,
+    /// Unix socket to serve NBD on (QEMU: file=nbd+unix:///?socket=SOCK).
+    #[arg(long, value_name = "SOCK")]
+    pub socket: PathBuf,
+    /// VM name in events (default: DISK's file stem).
+    #[arg(long, value_name = "NAME")]
+    pub vm: Option<String>,
+    /// Host name in events (default: this machine's host name).
+    #[arg(long, value_name = "H")]
+    pub host: Option<String>,
+    /// Stop after this many seconds.
+    #[arg(long = "for", value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Write events here (JSON lines) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
 }
 
 /// Arguments of `gammaray replay`.
@@ -143,6 +172,7 @@ fn main() -> ExitCode {
         Command::Crawl(args) => crawl::run(&args),
         Command::Capture(args) => capture::run(&args),
         Command::Replay(args) => replay::run(&args),
+        Command::Run(args) => live::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,23 +15,14 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use gammaray_core::{
-    BlockDevice, DiskWrite, Error as CoreError, EventKind, FileDevice, FileEvent, InferConfig,
-    Inference, OverlayDevice, SliceDevice, WriteFlags,
+    BlockDevice, EventKind, FileDevice, FileEvent, InferConfig, OverlayDevice, SliceDevice,
 };
 use gammaray_qemu::dmlog::{ReadOptions, TraceEntry, TraceError, TraceReader};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::crawl::{crawl_partitions, drivers, part_listing, sort_listing, Warnings};
+use crate::crawl::{part_listing, sort_listing, Warnings};
+use crate::follow::{for_partition, hostname, stamp_part, start_followers, Follower};
 use crate::ReplayArgs;
-
-/// One partition whose writes are followed.
-struct Follower {
-    number: u32,
-    start: u64,
-    len: u64,
-    fs: &'static str,
-    inference: Box<dyn Inference>,
-}
 
 /// Where events go, stamped with sequence number, host and VM.
 struct EventSink {
@@ -58,15 +49,6 @@ impl EventSink {
     }
 }
 
-/// This machine's host name (Linux), or `localhost`.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
-
 /// A progress bar over the trace's bytes, hidden unless stderr is a terminal.
 fn trace_bar(len: u64) -> ProgressBar {
     let pb = if std::io::stderr().is_terminal() {
@@ -82,24 +64,6 @@ fn trace_bar(len: u64) -> ProgressBar {
         .progress_chars("=> "),
     );
     pb
-}
-
-/// The request as a partition's inference sees it, or `None` if it does
-/// not touch the partition. Marks carry a label, not a range, and go to
-/// every partition unchanged.
-fn for_partition(w: &DiskWrite, f: &Follower) -> Option<DiskWrite> {
-    if w.flags.contains(WriteFlags::MARK) {
-        return Some(w.clone());
-    }
-    w.clip(f.start, f.len)
-}
-
-/// An inference sees only its partition's window and does not know the
-/// partition's number: the engine sets it.
-fn stamp_part(events: &mut [FileEvent], part: u32) {
-    for e in events {
-        e.part = part;
-    }
 }
 
 /// How long each call of [`Inference::write`] took: the figures of the
@@ -246,53 +210,11 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
 
     // Crawl the base image and start one inference per file system.
     let mut warnings = Warnings::default();
-    let drivers = drivers();
-    let (_, crawled) = crawl_partitions(&base, &args.disk, &drivers, &mut warnings)?;
-    let mut followers = Vec::new();
-    let mut skipped = Vec::new();
-    for c in crawled {
-        let p = &c.partition;
-        let driver = &drivers[c.driver];
-        let pdev = SliceDevice::new(&base, p.start, p.len)
-            .with_context(|| format!("partition {} does not fit in the disk", p.number))?;
-        match driver.infer(&pdev, c.model, &cfg) {
-            Ok(inference) => followers.push(Follower {
-                number: p.number,
-                start: p.start,
-                len: p.len,
-                fs: driver.name(),
-                inference,
-            }),
-            Err(e @ CoreError::Unsupported { .. }) => {
-                eprintln!(
-                    "gammaray: partition {} ({}): {} inference unsupported ({e}); its writes are not followed",
-                    p.number,
-                    driver.name(),
-                    driver.name()
-                );
-                skipped.push(format!("partition {} ({})", p.number, driver.name()));
-            }
-            Err(e) => {
-                warnings.report(
-                    &format!(
-                        "partition {} ({}): starting inference",
-                        p.number,
-                        driver.name()
-                    ),
-                    &e,
-                );
-                skipped.push(format!("partition {} ({})", p.number, driver.name()));
-            }
-        }
-    }
-    if followers.is_empty() {
-        let why = if skipped.is_empty() {
-            "no partition holds a file system gammaray knows".to_string()
-        } else {
-            format!("no inference for {}", skipped.join(", "))
-        };
-        bail!("nothing to replay on --disk {}: {why}", args.disk.display());
-    }
+    let followers = start_followers(&base, &args.disk, &cfg, &mut warnings)?;
+    let mut followers = match followers {
+        Ok(f) => f,
+        Err(why) => bail!("nothing to replay on --disk {}: {why}", args.disk.display()),
+    };
 
     let host = args.host.clone().unwrap_or_else(hostname);
     let vm = args.vm.clone().unwrap_or_else(|| {
@@ -509,7 +431,7 @@ fn summary(
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use gammaray_core::{Counter, FileType, FsModel};
+    use gammaray_core::{Counter, DiskWrite, FileType, FsModel, Inference, WriteFlags};
     use std::sync::{Arc, Mutex};
 
     /// (offset, len, flags, 4 bytes before the write) per write shown.
