@@ -1,31 +1,5 @@
 //! Channel patterns: `host:vm:/path/glob`, the routing keys of `[[route]]`.
-//!
-//! A pattern has three parts, split at the first two `:` (so a path may
-//! itself contain `:`):
-//!
-//! - **host** and **vm** are globs over the whole name: `*` matches any
-//!   sequence (including none), `?` one character, everything else is
-//!   literal.
-//! - **path** must start with `/`. It is matched segment by segment (a
-//!   segment is the text between two `/`):
-//!   - `*` matches any sequence of characters *within one segment*;
-//!   - `?` matches one character other than `/`;
-//!   - `**`, which must be a whole segment, matches any number of whole
-//!     segments, including none: `/var/**` matches `/var`, `/var/log` and
-//!     `/var/log/apt/history.log`; `/**` matches every path;
-//!   - everything else is literal. There is no escape and no `[...]` class:
-//!     a file whose name contains `*` or `?` is matched by those wildcards.
-//!
-//! **This differs from Redis `PSUBSCRIBE` on purpose.** In a Redis pattern
-//! `*` crosses both `:` and `/`, so `*:*:/var/log/*` also matches
-//! `h:v:/var/log/apt/history.log`. A route is meant to select files, like a
-//! shell glob, so here `*` stays inside one path segment and `**` is the way
-//! to say "any depth". The Redis sink (issue 6) publishes on the literal
-//! channel `host:vm:/path`; what a Redis subscriber's pattern matches is
-//! Redis's business, not the router's.
-//!
-//! Matching runs in `O(pattern × path)` time without allocating: paths come
-//! from guests and are untrusted, so there is no exponential backtracking.
+//! The syntax is documented on [`ChannelPattern`].
 
 use std::fmt;
 
@@ -154,8 +128,36 @@ fn segment_at(s: &str, t: usize) -> Option<(&str, usize)> {
     }
 }
 
-/// A parsed `host:vm:/path` pattern. See the [module docs](self) for the
-/// syntax.
+/// A parsed channel pattern, `host:vm:/path/glob`.
+///
+/// The routing keys of `[[route]]`.
+///
+/// A pattern has three parts, split at the first two `:` (so a path may
+/// itself contain `:`):
+///
+/// - **host** and **vm** are globs over the whole name: `*` matches any
+///   sequence (including none), `?` one character, everything else is
+///   literal.
+/// - **path** must start with `/`. It is matched segment by segment (a
+///   segment is the text between two `/`):
+///   - `*` matches any sequence of characters *within one segment*;
+///   - `?` matches one character other than `/`;
+///   - `**`, which must be a whole segment, matches any number of whole
+///     segments, including none: `/var/**` matches `/var`, `/var/log` and
+///     `/var/log/apt/history.log`; `/**` matches every path;
+///   - everything else is literal. There is no escape and no `[...]` class:
+///     a file whose name contains `*` or `?` is matched by those wildcards.
+///
+/// **This differs from Redis `PSUBSCRIBE` on purpose.** In a Redis pattern
+/// `*` crosses both `:` and `/`, so `*:*:/var/log/*` also matches
+/// `h:v:/var/log/apt/history.log`. A route is meant to select files, like a
+/// shell glob, so here `*` stays inside one path segment and `**` is the way
+/// to say "any depth". The Redis sink (issue 6) publishes on the literal
+/// channel `host:vm:/path`; what a Redis subscriber's pattern matches is
+/// Redis's business, not the router's.
+///
+/// Matching runs in `O(pattern × path)` time without allocating: paths come
+/// from guests and are untrusted, so there is no exponential backtracking.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelPattern {
     text: String,

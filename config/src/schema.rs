@@ -199,10 +199,11 @@ impl Default for LazyLoad {
 
 /// One sink, chosen by `type` (`[sinks.NAME] type = "…"`), in Vector's
 /// style. Adding a sink type adds one variant here, one module in
-/// `gammaray-sinks`, and one arm in its `build`.
+/// `gammaray-sinks`, and one arm in its `build` (deliberately not
+/// `#[non_exhaustive]`: the compiler then points at every `match` that must
+/// learn the new type).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
-#[non_exhaustive]
 pub enum SinkConfig {
     /// JSON lines on standard output.
     Stdout(StdoutSinkConfig),
