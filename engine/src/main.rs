@@ -59,6 +59,9 @@ pub struct RunArgs {
     /// Write events here (JSON lines) instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
+    /// One short line per event (`host:vm EVENT /path …`) instead of JSON.
+    #[arg(long)]
+    pub brief: bool,
 }
 
 /// Arguments of `gammaray replay`.

@@ -59,6 +59,26 @@ enum Cmd {
         /// Use this disk image instead of a fresh one.
         #[arg(long)]
         disk: Option<PathBuf>,
+        /// Boot from an NBD server on this unix socket instead of a disk
+        /// file (for example `gammaray run --serve DISK --socket SOCK`).
+        #[arg(long, conflicts_with = "disk")]
+        nbd: Option<PathBuf>,
+        /// Kill QEMU after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// Make a fresh test disk (the seed tree on ext4 or NTFS), as the
+    /// recordings start from.
+    Disk {
+        /// ext4 or ntfs.
+        #[arg(long)]
+        fs: FsKind,
+        /// The image to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Size in MiB.
+        #[arg(long, default_value_t = 64)]
+        disk_mib: u64,
     },
     /// Apply a dm-log-writes trace to a copy of a base image.
     Replay {
@@ -128,19 +148,24 @@ fn main() -> anyhow::Result<()> {
             fs,
             dir,
             disk,
+            nbd,
+            timeout,
         } => {
             std::fs::create_dir_all(&dir)?;
-            let disk = match disk {
-                Some(d) => d,
-                None => {
+            let drive = match (nbd, disk) {
+                (Some(sock), _) => Drive::Nbd(sock),
+                (None, Some(d)) => Drive::Raw(d),
+                (None, None) => {
                     let d = dir.join("disk.img");
                     disk::make_base_image(fs, &d, disk::DEFAULT_DISK_MIB)?;
-                    d
+                    Drive::Raw(d)
                 }
             };
             let text = std::fs::read_to_string(&script)
                 .with_context(|| format!("reading {}", script.display()))?;
-            let out = Guest::new()?.run(&RunSpec::new(&dir, text, fs, Drive::Raw(disk)))?;
+            let mut spec = RunSpec::new(&dir, text, fs, drive);
+            spec.timeout = std::time::Duration::from_secs(timeout);
+            let out = Guest::new()?.run(&spec)?;
             write_truth(&dir, &out.truth)?;
             for op in &out.truth.ops {
                 println!("{op}");
@@ -149,6 +174,11 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(e)?);
             }
             eprintln!("guest ran {:.1}s", out.elapsed.as_secs_f64());
+        }
+        Cmd::Disk { fs, out, disk_mib } => {
+            disk::make_base_image(fs, &out, disk_mib)
+                .with_context(|| format!("making {}", out.display()))?;
+            eprintln!("made {} ({} MiB, {})", out.display(), disk_mib, fs.name());
         }
         Cmd::Replay {
             base,

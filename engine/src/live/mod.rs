@@ -31,11 +31,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
     }
     let out: Arc<dyn Output> = match &args.events {
-        Some(p) => Arc::new(JsonLines::new(Box::new(
-            std::fs::File::create(p)
-                .with_context(|| format!("creating --events {}", p.display()))?,
-        ))),
-        None => Arc::new(JsonLines::new(Box::new(std::io::stdout()))),
+        Some(p) => Arc::new(JsonLines::new(
+            Box::new(
+                std::fs::File::create(p)
+                    .with_context(|| format!("creating --events {}", p.display()))?,
+            ),
+            args.brief,
+        )),
+        None => Arc::new(JsonLines::new(Box::new(std::io::stdout()), args.brief)),
     };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -92,15 +95,45 @@ pub trait Output: Send + Sync {
 /// JSON lines (DESIGN.md's event shape) to a writer, flushed per batch.
 pub struct JsonLines {
     out: Mutex<Box<dyn Write + Send>>,
+    brief: bool,
 }
 
 impl JsonLines {
-    /// Events to `out`.
-    pub fn new(out: Box<dyn Write + Send>) -> Self {
+    /// Events to `out`; `brief` for one short line each instead of JSON.
+    pub fn new(out: Box<dyn Write + Send>, brief: bool) -> Self {
         JsonLines {
             out: Mutex::new(out),
+            brief,
         }
     }
+}
+
+/// `host:vm EVENT /path` plus what changed, for people watching.
+fn brief_line(e: &FileEvent, host: &str, vm: &str) -> String {
+    let mut s = format!("{host}:{vm} {:<6} {}", e.kind.as_str(), e.path);
+    if let Some(old) = &e.old_path {
+        s.push_str(&format!(" (from {old})"));
+    }
+    if !e.changed.is_empty() {
+        s.push_str(&format!(" [{}]", e.changed.join(",")));
+    }
+    if let (Some(o), Some(l)) = (e.offset, e.len) {
+        s.push_str(&format!(" bytes {o}..{}", o + l));
+    }
+    if let Some(size) = e.size {
+        s.push_str(&format!(" size={size}"));
+    }
+    if let Some(d) = &e.data {
+        let text = String::from_utf8_lossy(&d[..d.len().min(60)]).replace('\n', "\\n");
+        s.push_str(&format!(
+            " \"{text}{}\"",
+            if d.len() > 60 { "…" } else { "" }
+        ));
+    }
+    if let Some(r) = e.reason {
+        s.push_str(&format!(" reason={}", r.as_str()));
+    }
+    s
 }
 
 impl Output for JsonLines {
@@ -108,7 +141,11 @@ impl Output for JsonLines {
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
         for e in events.drain(..) {
             *seq += 1;
-            let line = e.to_json(*seq, host, vm);
+            let line = if self.brief {
+                brief_line(&e, host, vm)
+            } else {
+                e.to_json(*seq, host, vm)
+            };
             if let Err(err) = out
                 .write_all(line.as_bytes())
                 .and_then(|()| out.write_all(b"\n"))
