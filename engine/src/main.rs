@@ -36,32 +36,51 @@ enum Command {
     /// events live (JSON lines on stdout) until the VM disconnects, a
     /// signal arrives, or --for runs out.
     Run(RunArgs),
+    /// Validate a configuration file; exits non-zero with a message naming
+    /// the offending key.
+    Check(CheckArgs),
 }
 
 /// Arguments of `gammaray run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Serve this raw image over NBD to QEMU (the VM's disk).
+    /// The configuration (gammaray.toml); without it, the embedded default
+    /// (events as JSON lines on stdout, no external services).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Also serve this raw image over NBD to QEMU (a VM's disk), besides
+    /// the VMs of the configuration.
     #[arg(long, value_name = "DISK", requires = "socket")]
-    pub serve: PathBuf,
-    /// Unix socket to serve NBD on (QEMU: file=nbd+unix:///?socket=SOCK).
-    #[arg(long, value_name = "SOCK")]
-    pub socket: PathBuf,
-    /// VM name in events (default: DISK's file stem).
-    #[arg(long, value_name = "NAME")]
+    pub serve: Option<PathBuf>,
+    /// Unix socket to serve --serve on (QEMU: file=nbd+unix:///?socket=SOCK).
+    #[arg(long, value_name = "SOCK", requires = "serve")]
+    pub socket: Option<PathBuf>,
+    /// Name of the --serve VM in events (default: DISK's file stem).
+    #[arg(long, value_name = "NAME", requires = "serve")]
     pub vm: Option<String>,
-    /// Host name in events (default: this machine's host name).
+    /// Host name in events (default: the configuration's `host`, else
+    /// this machine's host name).
     #[arg(long, value_name = "H")]
     pub host: Option<String>,
     /// Stop after this many seconds.
     #[arg(long = "for", value_name = "SECS")]
     pub duration: Option<f64>,
-    /// Write events here (JSON lines) instead of stdout.
+    /// Write every event here (JSON lines) instead of to the
+    /// configuration's sinks.
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
-    /// One short line per event (`host:vm EVENT /path …`) instead of JSON.
-    #[arg(long)]
+    /// Print one short line per event (`host:vm EVENT /path …`) on stdout
+    /// instead of using the configuration's sinks.
+    #[arg(long, conflicts_with = "events")]
     pub brief: bool,
+}
+
+/// Arguments of `gammaray check`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The configuration to validate.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: PathBuf,
 }
 
 /// Arguments of `gammaray replay`.
@@ -176,6 +195,7 @@ fn main() -> ExitCode {
         Command::Capture(args) => capture::run(&args),
         Command::Replay(args) => replay::run(&args),
         Command::Run(args) => live::run(&args),
+        Command::Check(args) => live::check(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

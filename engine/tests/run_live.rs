@@ -108,3 +108,107 @@ fn live_serve_tree_ext4() {
         in_temp_dir("live-tree", |d| live(Workload::Tree, d));
     }
 }
+
+/// Two VMs in one engine, from a configuration file: each VM's events are
+/// routed to its own file sink, and each file matches its own guest.
+#[test]
+fn live_two_vms_from_config() {
+    if !guest_available("live_two_vms_from_config") {
+        return;
+    }
+    in_temp_dir("live-two", |dir| {
+        let workloads = [("web", Workload::Logs), ("db", Workload::Edits)];
+        let mut cfg = String::new();
+        let mut initial = Vec::new();
+        for (name, _) in workloads {
+            let img = dir.join(format!("{name}.img"));
+            disk::make_base_image(FsKind::Ext4, &img, disk::DEFAULT_DISK_MIB)
+                .map_err(|e| e.to_string())?;
+            initial.push(crawl_listing(&img, dir, &format!("{name}-initial"), false)?);
+            cfg.push_str(&format!(
+                "[[vm]]\nname = \"{name}\"\ndisk = \"{}\"\nsource = {{ type = \"serve\", socket = \"{}\" }}\n\
+                 [sinks.{name}]\ntype = \"file\"\npath = \"{}\"\n\
+                 [[route]]\nchannel = \"*:{name}:/**\"\nsinks = [\"{name}\"]\n",
+                img.display(),
+                dir.join(format!("{name}.sock")).display(),
+                dir.join(format!("{name}.jsonl")).display(),
+            ));
+        }
+        cfg.insert_str(0, "host = \"h\"\n");
+        let cfg_path = dir.join("gammaray.toml");
+        std::fs::write(&cfg_path, &cfg).map_err(|e| e.to_string())?;
+        let stderr = std::fs::File::create(dir.join("run.stderr")).map_err(|e| e.to_string())?;
+        let mut engine = Command::new(gammaray())
+            .args(["run", "--for", "300", "-c"])
+            .arg(&cfg_path)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| format!("starting gammaray run: {e}"))?;
+        let t0 = Instant::now();
+        for (name, _) in workloads {
+            let sock = dir.join(format!("{name}.sock"));
+            while !sock.exists() {
+                if t0.elapsed() > Duration::from_secs(60) {
+                    let _ = engine.kill();
+                    let err = std::fs::read_to_string(dir.join("run.stderr")).unwrap_or_default();
+                    return Err(format!("gammaray run did not serve {name}: {err}"));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        // Both guests at once.
+        let guest = Guest::new().map_err(|e| e.to_string())?;
+        let mut running = Vec::new();
+        for (name, w) in workloads {
+            let gdir = dir.join(format!("{name}-guest"));
+            std::fs::create_dir_all(&gdir).map_err(|e| e.to_string())?;
+            let spec = RunSpec::new(
+                &gdir,
+                w.script(),
+                FsKind::Ext4,
+                Drive::Nbd(dir.join(format!("{name}.sock"))),
+            );
+            running.push(guest.spawn(&spec).map_err(|e| e.to_string())?);
+        }
+        let mut outs = Vec::new();
+        for r in running {
+            outs.push(r.wait().map_err(|e| format!("guest: {e}"))?);
+        }
+        let t1 = Instant::now();
+        let status = loop {
+            match engine.try_wait() {
+                Ok(Some(s)) => break Some(s),
+                _ if t1.elapsed() > Duration::from_secs(60) => {
+                    let _ = engine.kill();
+                    break None;
+                }
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        let err = std::fs::read_to_string(dir.join("run.stderr")).unwrap_or_default();
+        eprintln!("gammaray run: {err}");
+        if !matches!(status, Some(s) if s.success()) {
+            return Err(format!("gammaray run ended with {status:?}: {err}"));
+        }
+        for (((name, w), out), initial) in workloads.iter().zip(&outs).zip(&initial) {
+            let text = std::fs::read_to_string(dir.join(format!("{name}.jsonl")))
+                .map_err(|e| e.to_string())?;
+            let evs = expect::parse_events(&text)?;
+            let own = format!("\"host\":\"h\",\"vm\":\"{name}\"");
+            if text.lines().any(|l| !l.contains(&own)) {
+                return Err(format!("{name}.jsonl holds another VM's events"));
+            }
+            let mut ops = out.truth.ops.clone();
+            ops.push("OP sync".to_string());
+            let report = expect::check(&ops, &evs, initial, &out.truth.listing);
+            eprintln!("{name} ({w}): {} events:\n{report}", evs.len());
+            if !report.passed() {
+                return Err(format!(
+                    "{name}: events do not match its guest's operations"
+                ));
+            }
+        }
+        Ok(())
+    });
+}

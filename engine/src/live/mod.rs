@@ -14,32 +14,85 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use gammaray_core::{FileEvent, InferConfig};
 
-use crate::follow::hostname;
-use crate::RunArgs;
+use gammaray_sinks::{Router, Sink, Stamped};
+
+use crate::{CheckArgs, RunArgs};
+
+/// Runs `gammaray check`.
+pub fn check(args: &CheckArgs) -> Result<()> {
+    let cfg = gammaray_config::load(Some(&args.config))
+        .with_context(|| format!("{}", args.config.display()))?;
+    println!(
+        "{}: ok ({} VMs, {} sinks, {} routes)",
+        args.config.display(),
+        cfg.vm.len(),
+        cfg.sinks.len(),
+        cfg.route.len()
+    );
+    Ok(())
+}
 
 /// Runs `gammaray run`.
 pub fn run(args: &RunArgs) -> Result<()> {
-    let vm = args.vm.clone().unwrap_or_else(|| {
-        args.serve
-            .file_stem()
-            .map_or_else(|| "vm".into(), |s| s.to_string_lossy().into_owned())
-    });
-    let host = args.host.clone().unwrap_or_else(hostname);
+    let cfg = match &args.config {
+        Some(p) => gammaray_config::load(Some(p)).with_context(|| format!("-c {}", p.display()))?,
+        None => gammaray_config::load(None).context("the embedded default configuration")?,
+    };
     if let Some(d) = args.duration {
         if !d.is_finite() || d <= 0.0 {
             bail!("--for {d}: expected a positive number of seconds");
         }
     }
-    let out: Arc<dyn Output> = match &args.events {
-        Some(p) => Arc::new(JsonLines::new(
+    let host = args.host.clone().unwrap_or_else(|| cfg.host.clone());
+    // The VMs: the configuration's, and --serve.
+    let mut specs: Vec<serve::ServeSpec> = Vec::new();
+    for (i, vm) in cfg.vm.iter().enumerate() {
+        match &vm.source {
+            gammaray_config::Source::Serve { socket } => specs.push(serve::ServeSpec {
+                vm: vm.name.clone(),
+                disk: vm.disk.clone(),
+                socket: socket.clone(),
+            }),
+            other => bail!(
+                "vm[{i}].source: type {:?} is not supported by `gammaray run` yet (only \"serve\")",
+                other
+            ),
+        }
+    }
+    if let (Some(disk), Some(socket)) = (&args.serve, &args.socket) {
+        let vm = args.vm.clone().unwrap_or_else(|| {
+            disk.file_stem()
+                .map_or_else(|| "vm".into(), |s| s.to_string_lossy().into_owned())
+        });
+        if specs.iter().any(|s| s.vm == vm) {
+            bail!("--vm {vm}: the configuration already has a VM of that name");
+        }
+        specs.push(serve::ServeSpec {
+            vm,
+            disk: disk.clone(),
+            socket: socket.clone(),
+        });
+    }
+    if specs.is_empty() {
+        bail!("no VM to watch: give --serve DISK --socket SOCK, or [[vm]] in a -c configuration");
+    }
+    let out: Arc<dyn Output> = match (&args.events, args.brief) {
+        (Some(p), _) => Arc::new(JsonLines::new(
             Box::new(
                 std::fs::File::create(p)
                     .with_context(|| format!("creating --events {}", p.display()))?,
             ),
-            args.brief,
+            false,
         )),
-        None => Arc::new(JsonLines::new(Box::new(std::io::stdout()), args.brief)),
+        (None, true) => Arc::new(JsonLines::new(Box::new(std::io::stdout()), true)),
+        (None, false) => Arc::new(Routed::new(&cfg)?),
     };
+    let icfg = InferConfig {
+        unknown_ttl_ns: cfg.policy.unknown_ttl_ms.saturating_mul(1_000_000),
+        unknown_budget_bytes: cfg.policy.unknown_budget_bytes,
+        ..InferConfig::default()
+    };
+
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
@@ -57,30 +110,101 @@ pub fn run(args: &RunArgs) -> Result<()> {
             stop.store(true, Ordering::Relaxed);
         });
     }
-    let spec = serve::ServeSpec {
-        vm,
-        disk: args.serve.clone(),
-        socket: args.socket.clone(),
-    };
-    let stats = Arc::new(serve::VmStats::default());
-    serve::serve_vm(
-        &spec,
-        &host,
-        &InferConfig::default(),
-        out,
-        stop,
-        stats.clone(),
-    )?;
-    eprintln!(
-        "gammaray: vm {}: {} requests ({} bytes) captured, {} inferred, {} events; undo log holds {} pages",
-        spec.vm,
-        stats.writes.load(Ordering::Relaxed),
-        stats.bytes.load(Ordering::Relaxed),
-        stats.inferred.load(Ordering::Relaxed),
-        stats.events.load(Ordering::Relaxed),
-        stats.undo_pages.load(Ordering::Relaxed),
-    );
+    // One thread per VM; a VM that fails is reported and the others go on.
+    let mut handles = Vec::new();
+    for spec in specs {
+        let (host, out, stop) = (host.clone(), out.clone(), stop.clone());
+        let stats = Arc::new(serve::VmStats::default());
+        let st = stats.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("vm-{}", spec.vm))
+            .spawn(move || {
+                let r = serve::serve_vm(&spec, &host, &icfg, out, stop, st);
+                (spec, r)
+            })
+            .context("starting a VM thread")?;
+        handles.push((h, stats));
+    }
+    let mut failed = 0;
+    for (h, stats) in handles {
+        let Ok((spec, r)) = h.join() else {
+            failed += 1;
+            eprintln!("gammaray: a VM thread panicked");
+            continue;
+        };
+        if let Err(e) = r {
+            failed += 1;
+            eprintln!("gammaray: vm {}: {e:#}", spec.vm);
+        }
+        eprintln!(
+            "gammaray: vm {}: {} requests ({} bytes) captured, {} inferred, {} events; undo log holds {} pages",
+            spec.vm,
+            stats.writes.load(Ordering::Relaxed),
+            stats.bytes.load(Ordering::Relaxed),
+            stats.inferred.load(Ordering::Relaxed),
+            stats.events.load(Ordering::Relaxed),
+            stats.undo_pages.load(Ordering::Relaxed),
+        );
+    }
+    out.flush();
+    if failed > 0 {
+        bail!("{failed} VM(s) failed");
+    }
     Ok(())
+}
+
+/// Events to the configuration's sinks, by its routes.
+pub struct Routed {
+    sinks: Vec<Mutex<Box<dyn Sink>>>,
+    router: Router,
+}
+
+impl Routed {
+    /// Builds every sink of `cfg` and its router.
+    pub fn new(cfg: &gammaray_config::Config) -> Result<Self> {
+        let names: Vec<String> = cfg.sinks.keys().cloned().collect();
+        let mut sinks = Vec::new();
+        for (name, sc) in &cfg.sinks {
+            let sink = gammaray_sinks::build(name, sc).with_context(|| format!("sinks.{name}"))?;
+            sinks.push(Mutex::new(sink));
+        }
+        let router = Router::new(&cfg.route, &names).context("route")?;
+        Ok(Routed { sinks, router })
+    }
+}
+
+impl Output for Routed {
+    fn emit(&self, host: &str, vm: &str, seq: &mut u64, events: &mut Vec<FileEvent>) {
+        let (h, v): (Arc<str>, Arc<str>) = (host.into(), vm.into());
+        let mut batches: Vec<Vec<Arc<Stamped>>> = vec![Vec::new(); self.sinks.len()];
+        for e in events.drain(..) {
+            *seq += 1;
+            let st = Arc::new(Stamped::new(*seq, h.clone(), v.clone(), e));
+            for t in self.router.targets_for(&st) {
+                if let Some(b) = batches.get_mut(t) {
+                    b.push(st.clone());
+                }
+            }
+        }
+        for (sink, batch) in self.sinks.iter().zip(batches) {
+            if batch.is_empty() {
+                continue;
+            }
+            let mut sink = sink.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = sink.send(&batch).and_then(|()| sink.flush()) {
+                tracing::warn!("sink {}: {e}", sink.name());
+            }
+        }
+    }
+
+    fn flush(&self) {
+        for sink in &self.sinks {
+            let mut sink = sink.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = sink.flush() {
+                tracing::warn!("sink {}: {e}", sink.name());
+            }
+        }
+    }
 }
 
 /// Where a VM's events go.
