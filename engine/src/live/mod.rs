@@ -145,6 +145,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
             stats.events.load(Ordering::Relaxed),
             stats.undo_pages.load(Ordering::Relaxed),
         );
+        if let Some((p50, p99, max, n)) = stats.latency_summary() {
+            eprintln!(
+                "gammaray: vm {}: arrival to events sent, over {n} requests with events: p50 {p50:.3} ms, p99 {p99:.3} ms, max {max:.3} ms",
+                spec.vm
+            );
+        }
     }
     out.flush();
     if failed > 0 {

@@ -59,6 +59,30 @@ pub struct VmStats {
     pub lag_ns: AtomicU64,
     /// Pages the undo log holds (pages changed by writes not yet inferred).
     pub undo_pages: AtomicU64,
+    /// Per request that produced events: microseconds from its arrival at
+    /// the NBD server to its events leaving for the sinks (at most
+    /// [`MAX_LATENCY_SAMPLES`] kept).
+    pub event_latency_us: std::sync::Mutex<Vec<u32>>,
+}
+
+/// Latency samples kept per VM.
+pub const MAX_LATENCY_SAMPLES: usize = 1 << 20;
+
+impl VmStats {
+    /// `p50/p99/max` of the event latencies, in milliseconds, if any.
+    pub fn latency_summary(&self) -> Option<(f64, f64, f64, usize)> {
+        let mut v = self
+            .event_latency_us
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        let at = |p: f64| f64::from(v[((v.len() - 1) as f64 * p).round() as usize]) / 1e3;
+        Some((at(0.5), at(0.99), at(1.0), v.len()))
+    }
 }
 
 /// Serves `spec.disk` on `spec.socket` until the guest disconnects (after
@@ -192,6 +216,14 @@ pub fn serve_vm(
                 .events
                 .fetch_add(events.len() as u64, Ordering::Relaxed);
             out.emit(&host, &vm, &mut seq, &mut events);
+            let us = u32::try_from(arrived.elapsed().as_micros()).unwrap_or(u32::MAX);
+            let mut lat = stats
+                .event_latency_us
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if lat.len() < MAX_LATENCY_SAMPLES {
+                lat.push(us);
+            }
         }
     }
     for f in followers.iter_mut() {
