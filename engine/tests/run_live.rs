@@ -134,7 +134,15 @@ fn live_two_vms_from_config() {
                 dir.join(format!("{name}.jsonl")).display(),
             ));
         }
-        cfg.insert_str(0, "host = \"h\"\n");
+        // A free loopback port for /metrics.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        cfg.insert_str(
+            0,
+            &format!("host = \"h\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+        );
         let cfg_path = dir.join("gammaray.toml");
         std::fs::write(&cfg_path, &cfg).map_err(|e| e.to_string())?;
         let stderr = std::fs::File::create(dir.join("run.stderr")).map_err(|e| e.to_string())?;
@@ -170,6 +178,44 @@ fn live_two_vms_from_config() {
                 Drive::Nbd(dir.join(format!("{name}.sock"))),
             );
             running.push(guest.spawn(&spec).map_err(|e| e.to_string())?);
+        }
+        // While the guests run, /metrics shows their writes being captured.
+        let scrape = || -> Option<String> {
+            use std::io::{Read, Write};
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+            let mut text = String::new();
+            c.read_to_string(&mut text).ok()?;
+            Some(text)
+        };
+        let captured = |text: &str, vm: &str| -> u64 {
+            let key = format!("gammaray_writes_captured_total{{vm=\"{vm}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&key))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let t2 = Instant::now();
+        let mut seen = String::new();
+        while t2.elapsed() < Duration::from_secs(120) {
+            if let Some(text) = scrape() {
+                if captured(&text, "web") > 0 && captured(&text, "db") > 0 {
+                    seen = text;
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if seen.is_empty() {
+            return Err("/metrics never showed both VMs' captured writes".into());
+        }
+        for want in [
+            "gammaray_queue_depth{vm=\"web\"}",
+            "gammaray_sink_events_sent_total{sink=\"db\"}",
+        ] {
+            if !seen.contains(want) {
+                return Err(format!("/metrics lacks {want}:\n{seen}"));
+            }
         }
         let mut outs = Vec::new();
         for r in running {

@@ -3,6 +3,7 @@
 //! - [`undo`]: the disk as inference sees it while the guest runs ahead;
 //! - [`serve`]: one VM whose disk gammaray serves over NBD.
 
+pub mod metrics;
 pub mod serve;
 pub mod undo;
 
@@ -111,10 +112,27 @@ pub fn run(args: &RunArgs) -> Result<()> {
         });
     }
     // One thread per VM; a VM that fails is reported and the others go on.
+    let all_stats: Vec<Arc<serve::VmStats>> = specs
+        .iter()
+        .map(|_| Arc::new(serve::VmStats::default()))
+        .collect();
+    if cfg.metrics.enabled {
+        let out_for_metrics = out.clone();
+        let reg = metrics::Registry {
+            vms: specs
+                .iter()
+                .zip(&all_stats)
+                .map(|(s, st)| (s.vm.clone(), st.clone()))
+                .collect(),
+            sinks: Box::new(move || out_for_metrics.sink_stats()),
+        };
+        if let Some(addr) = metrics::serve(cfg.metrics.listen, Arc::new(reg)) {
+            tracing::info!("metrics on http://{addr}/metrics");
+        }
+    }
     let mut handles = Vec::new();
-    for spec in specs {
+    for (spec, stats) in specs.into_iter().zip(all_stats) {
         let (host, out, stop) = (host.clone(), out.clone(), stop.clone());
-        let stats = Arc::new(serve::VmStats::default());
         let st = stats.clone();
         let h = std::thread::Builder::new()
             .name(format!("vm-{}", spec.vm))
@@ -203,6 +221,17 @@ impl Output for Routed {
         }
     }
 
+    fn sink_stats(&self) -> Vec<(String, u64, u64, u64)> {
+        self.sinks
+            .iter()
+            .map(|s| {
+                let s = s.lock().unwrap_or_else(|e| e.into_inner());
+                let st = s.stats();
+                (s.name().to_string(), st.sent, st.failed, st.dropped)
+            })
+            .collect()
+    }
+
     fn flush(&self) {
         for sink in &self.sinks {
             let mut sink = sink.lock().unwrap_or_else(|e| e.into_inner());
@@ -220,6 +249,10 @@ pub trait Output: Send + Sync {
     fn emit(&self, host: &str, vm: &str, seq: &mut u64, events: &mut Vec<FileEvent>);
     /// Makes sent events visible.
     fn flush(&self);
+    /// Per sink: (name, sent, failed, dropped).
+    fn sink_stats(&self) -> Vec<(String, u64, u64, u64)> {
+        Vec::new()
+    }
 }
 
 /// JSON lines (DESIGN.md's event shape) to a writer, flushed per batch.

@@ -63,6 +63,9 @@ pub struct VmStats {
     /// the NBD server to its events leaving for the sinks (at most
     /// [`MAX_LATENCY_SAMPLES`] kept).
     pub event_latency_us: std::sync::Mutex<Vec<u32>>,
+    /// The inferences' counters, `(partition, name, value)`, refreshed as
+    /// inference goes.
+    pub counters: std::sync::Mutex<Vec<(u32, &'static str, u64)>>,
 }
 
 /// Latency samples kept per VM.
@@ -82,6 +85,16 @@ impl VmStats {
         v.sort_unstable();
         let at = |p: f64| f64::from(v[((v.len() - 1) as f64 * p).round() as usize]) / 1e3;
         Some((at(0.5), at(0.99), at(1.0), v.len()))
+    }
+}
+
+fn publish_counters(followers: &[crate::follow::Follower], stats: &VmStats) {
+    let mut c = stats.counters.lock().unwrap_or_else(|e| e.into_inner());
+    c.clear();
+    for f in followers {
+        for k in f.inference.counters() {
+            c.push((f.number, k.name, k.value));
+        }
     }
 }
 
@@ -177,6 +190,7 @@ pub fn serve_vm(
             Ok(Some(x)) => x,
             Ok(None) => break,
             Err(_) => {
+                publish_counters(&followers, &stats);
                 // Idle: let time pass (held writes expire, home writes
                 // waiting for a flush that does not come are applied).
                 let now = wall_ns();
@@ -204,6 +218,9 @@ pub fn serve_vm(
             }
         }
         undo.consume(&w);
+        if stats.inferred.load(Ordering::Relaxed).is_multiple_of(256) {
+            publish_counters(&followers, &stats);
+        }
         stats
             .undo_pages
             .store(undo.pages() as u64, Ordering::Relaxed);
@@ -234,6 +251,7 @@ pub fn serve_vm(
     }
     out.emit(&host, &vm, &mut seq, &mut events);
     out.flush();
+    publish_counters(&followers, &stats);
     let served = rt.block_on(serving);
     rt.shutdown_timeout(Duration::from_secs(1));
     match served {
