@@ -56,6 +56,13 @@ pub trait Inference: Send {
     /// current partition contents.
     fn tick(&mut self, before: &dyn BlockDevice, now_ns: u64, out: &mut Vec<FileEvent>);
 
+    /// Turns the data-drop policy on or off: while on, data writes are not
+    /// inspected (nor held) but reported as `lost` ranges (reason
+    /// `data_drop`), and metadata keeps being followed.
+    fn set_data_drop(&mut self, on: bool) {
+        let _ = on;
+    }
+
     /// The stream paused or ended (end of a trace, a source stopping):
     /// applies what waits for a flush that may not come. `dev` is the
     /// current partition contents.

@@ -258,3 +258,117 @@ fn live_two_vms_from_config() {
         Ok(())
     });
 }
+
+/// The data-drop policy: with a tiny queue, the big writes of a 4 MiB
+/// file switch it on; the file's data is then reported as `lost` (reason
+/// `data_drop`) instead of as bytes, while its creation and later small
+/// log appends (once the queue has drained and the policy is off again)
+/// come out as usual.
+#[test]
+fn live_data_drop_reports_lost_ranges() {
+    if !guest_available("live_data_drop_reports_lost_ranges") {
+        return;
+    }
+    in_temp_dir("live-drop", |dir| {
+        let img = dir.join("disk.img");
+        disk::make_base_image(FsKind::Ext4, &img, disk::DEFAULT_DISK_MIB)
+            .map_err(|e| e.to_string())?;
+        let sock = dir.join("nbd.sock");
+        let events = dir.join("events.jsonl");
+        let cfg = format!(
+            "host = \"h\"\n[metrics]\nenabled = false\n\
+             [policy]\nqueue_bytes = \"256KiB\"\n[policy.data_drop]\nhigh_water = 0.5\nlow_water = 0.25\n\
+             [[vm]]\nname = \"d\"\ndisk = \"{}\"\nsource = {{ type = \"serve\", socket = \"{}\" }}\n\
+             [sinks.f]\ntype = \"file\"\npath = \"{}\"\n[[route]]\nchannel = \"*:*:/**\"\nsinks = [\"f\"]\n",
+            img.display(),
+            sock.display(),
+            events.display()
+        );
+        let cfg_path = dir.join("gammaray.toml");
+        std::fs::write(&cfg_path, cfg).map_err(|e| e.to_string())?;
+        let stderr = std::fs::File::create(dir.join("run.stderr")).map_err(|e| e.to_string())?;
+        let mut engine = Command::new(gammaray())
+            .args(["run", "--for", "300", "-c"])
+            .arg(&cfg_path)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| format!("starting gammaray run: {e}"))?;
+        let t0 = Instant::now();
+        while !sock.exists() {
+            if t0.elapsed() > Duration::from_secs(60) {
+                let _ = engine.kill();
+                return Err("gammaray run did not start serving".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let script = "op_mkdir /data\nop_fill /data/big.bin 4096 z\nop_sync\n\
+                      op_append /var/log/app.log \"after the drop\"\nop_sync\n";
+        let out = Guest::new()
+            .map_err(|e| e.to_string())?
+            .run(&RunSpec::new(dir, script, FsKind::Ext4, Drive::Nbd(sock)))
+            .map_err(|e| format!("guest: {e}"))?;
+        let status = engine.wait().map_err(|e| e.to_string())?;
+        let err = std::fs::read_to_string(dir.join("run.stderr")).unwrap_or_default();
+        eprintln!("gammaray run: {err}");
+        if !status.success() || !err.contains("data drop was on") {
+            return Err(format!("the data drop did not switch on: {err}"));
+        }
+        let text = std::fs::read_to_string(&events).map_err(|e| e.to_string())?;
+        let evs = expect::parse_events(&text)?;
+        let big = 4096 * 1024u64;
+        if !evs
+            .iter()
+            .any(|e| e.event == "create" && e.path == "/data/big.bin")
+        {
+            return Err("no create of /data/big.bin".into());
+        }
+        // Every byte of the big file is accounted for: seen, or lost.
+        let mut ranges: Vec<(u64, u64)> = evs
+            .iter()
+            .filter(|e| e.path == "/data/big.bin")
+            .filter_map(|e| e.range())
+            .collect();
+        ranges.sort_unstable();
+        let mut at = 0;
+        for (a, b) in &ranges {
+            if *a > at {
+                break;
+            }
+            at = at.max(*b);
+        }
+        if at < big {
+            return Err(format!(
+                "/data/big.bin covered only up to {at} of {big}: {ranges:?}"
+            ));
+        }
+        let lost = text
+            .lines()
+            .filter(|l| l.contains("\"event\":\"lost\"") && l.contains("\"reason\":\"data_drop\""))
+            .count();
+        if lost == 0 {
+            return Err("no lost event with reason data_drop".into());
+        }
+        // The append after the drop is reported with its bytes.
+        let tail = "after the drop\n".len() as u64;
+        if !evs.iter().any(|e| {
+            e.path == "/var/log/app.log"
+                && e.event == "modify"
+                && e.range().map(|(a, b)| b - a) == Some(tail)
+        }) {
+            return Err(format!(
+                "the append after the drop has no modify of {tail} bytes"
+            ));
+        }
+        // The disk itself is intact.
+        let listing = crawl_listing(&img, dir, "final", true)?;
+        let diff = listing::diff(&listing, &out.truth.listing);
+        if !diff.is_empty() {
+            return Err(format!(
+                "the served disk differs from the guest:\n{}",
+                show(&diff)
+            ));
+        }
+        Ok(())
+    });
+}

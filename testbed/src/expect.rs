@@ -107,7 +107,7 @@ impl Event {
     }
 
     /// The byte range `[offset, offset + len)` the event covers.
-    fn range(&self) -> Option<(u64, u64)> {
+    pub fn range(&self) -> Option<(u64, u64)> {
         let off = self.offset?;
         let len = self
             .len

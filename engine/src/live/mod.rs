@@ -94,6 +94,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
         ..InferConfig::default()
     };
 
+    let dd = &cfg.policy.data_drop;
+    let drop_policy = serve::DropPolicy {
+        enabled: dd.enabled,
+        high_bytes: (cfg.policy.queue_bytes as f64 * dd.high_water) as u64,
+        low_bytes: (cfg.policy.queue_bytes as f64 * dd.low_water) as u64,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
@@ -137,7 +143,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         let h = std::thread::Builder::new()
             .name(format!("vm-{}", spec.vm))
             .spawn(move || {
-                let r = serve::serve_vm(&spec, &host, &icfg, out, stop, st);
+                let r = serve::serve_vm(&spec, &host, &icfg, drop_policy, out, stop, st);
                 (spec, r)
             })
             .context("starting a VM thread")?;
@@ -163,6 +169,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
             stats.events.load(Ordering::Relaxed),
             stats.undo_pages.load(Ordering::Relaxed),
         );
+        let episodes = stats.drop_episodes.load(Ordering::Relaxed);
+        if episodes > 0 {
+            eprintln!(
+                "gammaray: vm {}: data drop was on {episodes} times, over {} bytes of writes",
+                spec.vm,
+                stats.dropped_bytes.load(Ordering::Relaxed)
+            );
+        }
         if let Some((p50, p99, max, n)) = stats.latency_summary() {
             eprintln!(
                 "gammaray: vm {}: arrival to events sent, over {n} requests with events: p50 {p50:.3} ms, p99 {p99:.3} ms, max {max:.3} ms",

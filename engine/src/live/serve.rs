@@ -32,6 +32,18 @@ fn wall_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// The data-drop policy (the paper's section VI-A), in bytes of queued
+/// write data.
+#[derive(Debug, Clone, Copy)]
+pub struct DropPolicy {
+    /// Whether data is ever dropped.
+    pub enabled: bool,
+    /// Start dropping above this many queued bytes.
+    pub high_bytes: u64,
+    /// Stop dropping below this many.
+    pub low_bytes: u64,
+}
+
 /// What to serve.
 #[derive(Debug, Clone)]
 pub struct ServeSpec {
@@ -63,6 +75,12 @@ pub struct VmStats {
     /// the NBD server to its events leaving for the sinks (at most
     /// [`MAX_LATENCY_SAMPLES`] kept).
     pub event_latency_us: std::sync::Mutex<Vec<u32>>,
+    /// Bytes of write data queued for inference.
+    pub queued_bytes: AtomicU64,
+    /// Times the data-drop policy switched on.
+    pub drop_episodes: AtomicU64,
+    /// Bytes of data writes handled while dropping.
+    pub dropped_bytes: AtomicU64,
     /// The inferences' counters, `(partition, name, value)`, refreshed as
     /// inference goes.
     pub counters: std::sync::Mutex<Vec<(u32, &'static str, u64)>>,
@@ -104,6 +122,7 @@ pub fn serve_vm(
     spec: &ServeSpec,
     host: &str,
     cfg: &InferConfig,
+    drop_policy: DropPolicy,
     out: Arc<dyn Output>,
     stop: Arc<AtomicBool>,
     stats: Arc<VmStats>,
@@ -155,6 +174,9 @@ pub fn serve_vm(
         while let Some(w) = wrx.recv().await {
             capture_stats.writes.fetch_add(1, Ordering::Relaxed);
             capture_stats.bytes.fetch_add(w.len, Ordering::Relaxed);
+            capture_stats
+                .queued_bytes
+                .fetch_add(w.data.len() as u64, Ordering::Relaxed);
             if tx.send((Instant::now(), w)).await.is_err() {
                 break;
             }
@@ -180,6 +202,7 @@ pub fn serve_vm(
     let view = undo.view();
     let mut events: Vec<FileEvent> = Vec::new();
     let mut seq = 0u64;
+    let mut dropping = false;
     let vm: Arc<str> = spec.vm.as_str().into();
     let host: Arc<str> = host.into();
     loop {
@@ -209,6 +232,28 @@ pub fn serve_vm(
                 continue;
             }
         };
+        // The throttler: data drop on above the high water mark, off below
+        // the low one.
+        let queued = stats.queued_bytes.load(Ordering::Relaxed);
+        if drop_policy.enabled && !dropping && queued > drop_policy.high_bytes {
+            dropping = true;
+            stats.drop_episodes.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(vm = %spec.vm, queued, "queue above its high water mark: data drop on");
+            for f in followers.iter_mut() {
+                f.inference.set_data_drop(true);
+            }
+        } else if dropping && queued < drop_policy.low_bytes {
+            dropping = false;
+            tracing::info!(vm = %spec.vm, queued, "queue below its low water mark: data drop off");
+            for f in followers.iter_mut() {
+                f.inference.set_data_drop(false);
+            }
+        }
+        if dropping {
+            stats
+                .dropped_bytes
+                .fetch_add(w.data.len() as u64, Ordering::Relaxed);
+        }
         for f in followers.iter_mut() {
             if let Some(clipped) = for_partition(&w, f) {
                 let before = SliceDevice::new(&view, f.start, f.len)?;
@@ -218,6 +263,9 @@ pub fn serve_vm(
             }
         }
         undo.consume(&w);
+        stats
+            .queued_bytes
+            .fetch_sub(w.data.len() as u64, Ordering::Relaxed);
         if stats.inferred.load(Ordering::Relaxed).is_multiple_of(256) {
             publish_counters(&followers, &stats);
         }

@@ -56,6 +56,8 @@ counters! {
     unknown_held_bytes,
     /// Lost markers emitted.
     lost_events,
+    /// Data blocks not inspected because the data-drop policy was on.
+    data_dropped_blocks,
     /// File-system resizes, after which the model is rebuilt.
     resyncs,
     /// Corrupt structures met (each also logged).

@@ -125,6 +125,46 @@ impl Ext4Inference {
         }
     }
 
+    /// Under the data-drop policy: a write to `file`'s blocks `[s, e)` is
+    /// reported as a `lost` range (inside the file's size), not inspected.
+    pub(super) fn drop_data(
+        &mut self,
+        w: &DiskWrite,
+        s: u64,
+        e: u64,
+        file: u64,
+        logical: u64,
+        out: &mut Vec<FileEvent>,
+    ) {
+        let bs = self.bs;
+        let Some(rec) = self.model.files.get(&file) else {
+            return;
+        };
+        if rec.ftype != FileType::File {
+            return;
+        }
+        self.data_dirty.insert(file);
+        let size = rec.size;
+        let lo = (s * bs).max(w.offset);
+        let hi = (e * bs).min(w.offset + w.len);
+        let fo = logical.saturating_mul(bs).saturating_add(lo - s * bs);
+        if fo >= size || lo >= hi {
+            return;
+        }
+        let n = (hi - lo).min(size - fo);
+        let path = self.parents.path(file, self.model.root);
+        let first_event = out.len();
+        self.c.lost_events += 1;
+        let mut ev = FileEvent::new(0, EventKind::Lost, path, FileType::File, file);
+        ev.size = Some(size);
+        ev.offset = Some(fo);
+        ev.len = Some(n);
+        ev.reason = Some(LostReason::DataDrop);
+        ev.ts_ns = w.ts_ns;
+        out.push(ev);
+        self.fan_out(out, first_event, file);
+    }
+
     /// `modify` events for `bytes` at file offset `offset`, split at the
     /// configured event size.
     #[allow(clippy::too_many_arguments)]

@@ -62,7 +62,7 @@ use bytes::Bytes;
 use gammaray_core::blockmap::Owner;
 use gammaray_core::device::PatchedDevice;
 use gammaray_core::infer::{Counter, InferConfig, Inference};
-use gammaray_core::{BlockDevice, DiskWrite, FileEvent, FsModel, Result, WriteFlags};
+use gammaray_core::{BlockDevice, DiskWrite, FileEvent, FsModel, LostReason, Result, WriteFlags};
 
 use crate::crawl::{inode_tables, read_superblock};
 use crate::superblock::{compat, Superblock};
@@ -113,6 +113,9 @@ pub struct Ext4Inference {
     batch_index: HashMap<u64, usize>,
     /// Time of the first write of the batch (0: none or unknown).
     batch_ts: u64,
+    /// The data-drop policy is on: data writes are not inspected, only
+    /// reported as `lost`.
+    data_drop: bool,
     /// Files that had data written since their last metadata change (their
     /// next mtime change is not an `attrib`).
     data_dirty: HashSet<u64>,
@@ -165,6 +168,7 @@ impl Ext4Inference {
             batch: Vec::new(),
             batch_index: std::collections::HashMap::default(),
             batch_ts: 0,
+            data_drop: false,
             data_dirty: HashSet::default(),
             cfg: *cfg,
             c,
@@ -231,9 +235,22 @@ impl Ext4Inference {
         let mut jblocks: Vec<(u64, u64)> = Vec::new();
         for (s, e, owner) in self.model.blocks.segments(first, last + 1) {
             match owner {
+                Some(Owner::FileData { file, logical }) if self.data_drop => {
+                    self.c.data_blocks += e - s;
+                    self.c.data_dropped_blocks += e - s;
+                    self.drop_data(w, s, e, file, logical, out);
+                }
                 Some(Owner::FileData { file, logical }) => {
                     self.c.data_blocks += e - s;
                     self.data_write(before, w, &data, s, e, file, logical, out);
+                }
+                Some(Owner::Unwritten { .. }) | None if self.data_drop => {
+                    // Not held: the owner's events will say it was lost.
+                    self.c.unknown_blocks += e - s;
+                    self.c.data_dropped_blocks += e - s;
+                    for b in s..e {
+                        self.pending.drop_block(b, LostReason::DataDrop);
+                    }
                 }
                 Some(Owner::Unwritten { .. }) | None => {
                     self.c.unknown_blocks += e - s;
@@ -454,6 +471,10 @@ impl Inference for Ext4Inference {
             }
         }
         self.c.unknown_held_bytes = self.pending.bytes();
+    }
+
+    fn set_data_drop(&mut self, on: bool) {
+        self.data_drop = on;
     }
 
     fn settle(&mut self, dev: &dyn BlockDevice, out: &mut Vec<FileEvent>) {

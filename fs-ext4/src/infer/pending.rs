@@ -108,6 +108,13 @@ impl Pending {
         false
     }
 
+    /// `block` was written but its data is not kept (data-drop policy):
+    /// forget any held copy and remember it as lost.
+    pub fn drop_block(&mut self, block: u64, why: LostReason) {
+        let _ = self.take(block);
+        self.mark_lost(block, why);
+    }
+
     fn mark_lost(&mut self, block: u64, why: LostReason) {
         if self.lost.len() >= MAX_LOST_MARKS {
             self.marks_dropped += 1;
