@@ -52,6 +52,25 @@ pub fn stamp_part(events: &mut [FileEvent], part: u32) {
     }
 }
 
+/// Re-crawls `f`'s partition on `dev` and gives it a new inference (after
+/// the old one failed): the model is rebuilt from the disk as `dev` reads
+/// it, which must be the state inference had reached.
+pub fn restart(f: &mut Follower, dev: &dyn BlockDevice, cfg: &InferConfig) -> Result<()> {
+    let drivers = drivers();
+    let driver = drivers
+        .iter()
+        .find(|d| d.name() == f.fs)
+        .with_context(|| format!("no driver named {}", f.fs))?;
+    let pdev = SliceDevice::new(dev, f.start, f.len)?;
+    let crawl = driver
+        .crawl(&pdev, &gammaray_core::NoProgress)
+        .with_context(|| format!("re-crawling partition {}", f.number))?;
+    f.inference = driver
+        .infer(&pdev, crawl.model, cfg)
+        .with_context(|| format!("restarting inference of partition {}", f.number))?;
+    Ok(())
+}
+
 /// Crawls `dev` (the disk at `disk`) and starts an inference for every
 /// partition whose file system has one. The inner `Err` says why nothing
 /// can be followed.

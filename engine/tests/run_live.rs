@@ -16,6 +16,11 @@ use gammaray_testbed::{
 /// Serves a fresh disk with `gammaray run`, boots the guest on it with
 /// `workload`, and checks the live events.
 fn live(workload: Workload, dir: &Path) -> Result<(), String> {
+    live_with(workload, dir, &[]).map(|_| ())
+}
+
+/// [`live`] with extra environment for the engine; returns its stderr.
+fn live_with(workload: Workload, dir: &Path, env: &[(&str, &str)]) -> Result<String, String> {
     let img = dir.join("disk.img");
     disk::make_base_image(FsKind::Ext4, &img, disk::DEFAULT_DISK_MIB).map_err(|e| e.to_string())?;
     let initial = crawl_listing(&img, dir, "initial", false)?;
@@ -23,6 +28,7 @@ fn live(workload: Workload, dir: &Path) -> Result<(), String> {
     let events = dir.join("events.jsonl");
     let stderr = std::fs::File::create(dir.join("run.stderr")).map_err(|e| e.to_string())?;
     let mut engine = Command::new(gammaray())
+        .envs(env.iter().copied())
         .args(["run", "--vm", "live", "--host", "h", "--for", "300"])
         .arg("--serve")
         .arg(&img)
@@ -92,7 +98,28 @@ fn live(workload: Workload, dir: &Path) -> Result<(), String> {
     if evs.iter().any(|e| e.part != 1) {
         return Err("events without the partition number".into());
     }
-    Ok(())
+    Ok(err)
+}
+
+/// Supervision: the inference fails in the middle of the workload (a
+/// fault injected at the 60th request); the engine rebuilds it from the
+/// disk as it was before that request and goes on. Every operation still
+/// has its events and every file its bytes.
+#[test]
+fn live_inference_restarted_after_a_failure() {
+    if guest_available("live_inference_restarted_after_a_failure") {
+        in_temp_dir("live-restart", |d| {
+            let err = live_with(
+                Workload::Tree,
+                d,
+                &[("GAMMARAY_FAULT_INFER_PANIC_AT", "60")],
+            )?;
+            if !err.contains("inference restarted 1 times, 0 requests skipped") {
+                return Err(format!("no restart reported: {err}"));
+            }
+            Ok(())
+        });
+    }
 }
 
 #[test]

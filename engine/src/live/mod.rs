@@ -169,6 +169,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
             stats.events.load(Ordering::Relaxed),
             stats.undo_pages.load(Ordering::Relaxed),
         );
+        let restarts = stats.restarts.load(Ordering::Relaxed);
+        if restarts > 0 {
+            eprintln!(
+                "gammaray: vm {}: inference restarted {restarts} times, {} requests skipped",
+                spec.vm,
+                stats.skipped.load(Ordering::Relaxed)
+            );
+        }
         let episodes = stats.drop_episodes.load(Ordering::Relaxed);
         if episodes > 0 {
             eprintln!(

@@ -23,6 +23,10 @@ use crate::follow::{for_partition, stamp_part, start_followers};
 /// bound; a full queue makes the guest's I/O wait).
 pub const QUEUE_REQUESTS: usize = 4096;
 
+/// Fault injection for tests of supervision: set to N to make inference
+/// panic (once) on the N-th request it handles.
+pub const FAULT_ENV: &str = "GAMMARAY_FAULT_INFER_PANIC_AT";
+
 /// With nothing queued, inference lets time pass this often.
 const IDLE_TICK_MS: u64 = 500;
 
@@ -75,6 +79,10 @@ pub struct VmStats {
     /// the NBD server to its events leaving for the sinks (at most
     /// [`MAX_LATENCY_SAMPLES`] kept).
     pub event_latency_us: std::sync::Mutex<Vec<u32>>,
+    /// Times a partition's inference failed and was rebuilt.
+    pub restarts: AtomicU64,
+    /// Requests given up after failing twice.
+    pub skipped: AtomicU64,
     /// Bytes of write data queued for inference.
     pub queued_bytes: AtomicU64,
     /// Times the data-drop policy switched on.
@@ -203,6 +211,9 @@ pub fn serve_vm(
     let mut events: Vec<FileEvent> = Vec::new();
     let mut seq = 0u64;
     let mut dropping = false;
+    let view_ref: &dyn gammaray_core::BlockDevice = &view;
+    let mut nth = 0u64;
+    let fault_at: Option<u64> = std::env::var(FAULT_ENV).ok().and_then(|v| v.parse().ok());
     let vm: Arc<str> = spec.vm.as_str().into();
     let host: Arc<str> = host.into();
     loop {
@@ -254,11 +265,43 @@ pub fn serve_vm(
                 .dropped_bytes
                 .fetch_add(w.data.len() as u64, Ordering::Relaxed);
         }
+        nth += 1;
         for f in followers.iter_mut() {
             if let Some(clipped) = for_partition(&w, f) {
                 let before = SliceDevice::new(&view, f.start, f.len)?;
                 let from = events.len();
-                f.inference.write(&before, &clipped, &mut events);
+                let fault = fault_at == Some(nth);
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    if fault {
+                        panic!("fault injected by {FAULT_ENV} at request {nth}");
+                    }
+                    f.inference.write(&before, &clipped, &mut events);
+                }));
+                if run.is_err() {
+                    // Supervision: rebuild this partition's inference from
+                    // the disk as it was before this request (the undo
+                    // view), and give the request to the new one.
+                    events.truncate(from);
+                    stats.restarts.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(vm = %spec.vm, part = f.number, "inference failed; re-crawling and restarting it");
+                    let dev = view_ref;
+                    if let Err(e) = crate::follow::restart(f, dev, cfg) {
+                        tracing::error!(vm = %spec.vm, part = f.number, "restart failed: {e:#}");
+                        continue;
+                    }
+                    if dropping {
+                        f.inference.set_data_drop(true);
+                    }
+                    let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        f.inference.write(&before, &clipped, &mut events);
+                    }));
+                    if again.is_err() {
+                        events.truncate(from);
+                        stats.skipped.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(vm = %spec.vm, part = f.number, "request {} failed twice; skipped", w.seq);
+                        let _ = crate::follow::restart(f, dev, cfg);
+                    }
+                }
                 stamp_part(&mut events[from..], f.number);
             }
         }
