@@ -48,6 +48,41 @@ pub struct DropPolicy {
     pub low_bytes: u64,
 }
 
+/// The throttler's switch, with hysteresis: on above `high_bytes` of
+/// queued data, off again below `low_bytes`.
+#[derive(Debug)]
+pub struct Throttle {
+    policy: DropPolicy,
+    on: bool,
+}
+
+impl Throttle {
+    /// Off, with `policy`.
+    pub fn new(policy: DropPolicy) -> Self {
+        Throttle { policy, on: false }
+    }
+
+    /// Whether data is being dropped.
+    pub fn on(&self) -> bool {
+        self.on
+    }
+
+    /// Looks at the queue: `Some(new state)` when the switch flips.
+    pub fn update(&mut self, queued: u64) -> Option<bool> {
+        let flip = if self.on {
+            queued < self.policy.low_bytes
+        } else {
+            self.policy.enabled && queued > self.policy.high_bytes
+        };
+        if flip {
+            self.on = !self.on;
+            Some(self.on)
+        } else {
+            None
+        }
+    }
+}
+
 /// What to serve.
 #[derive(Debug, Clone)]
 pub struct ServeSpec {
@@ -210,8 +245,7 @@ pub fn serve_vm(
     let view = undo.view();
     let mut events: Vec<FileEvent> = Vec::new();
     let mut seq = 0u64;
-    let mut dropping = false;
-    let view_ref: &dyn gammaray_core::BlockDevice = &view;
+    let mut throttle = Throttle::new(drop_policy);
     let mut nth = 0u64;
     let fault_at: Option<u64> = std::env::var(FAULT_ENV).ok().and_then(|v| v.parse().ok());
     let vm: Arc<str> = spec.vm.as_str().into();
@@ -246,21 +280,18 @@ pub fn serve_vm(
         // The throttler: data drop on above the high water mark, off below
         // the low one.
         let queued = stats.queued_bytes.load(Ordering::Relaxed);
-        if drop_policy.enabled && !dropping && queued > drop_policy.high_bytes {
-            dropping = true;
-            stats.drop_episodes.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(vm = %spec.vm, queued, "queue above its high water mark: data drop on");
-            for f in followers.iter_mut() {
-                f.inference.set_data_drop(true);
+        if let Some(on) = throttle.update(queued) {
+            if on {
+                stats.drop_episodes.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(vm = %spec.vm, queued, "queue above its high water mark: data drop on");
+            } else {
+                tracing::info!(vm = %spec.vm, queued, "queue below its low water mark: data drop off");
             }
-        } else if dropping && queued < drop_policy.low_bytes {
-            dropping = false;
-            tracing::info!(vm = %spec.vm, queued, "queue below its low water mark: data drop off");
             for f in followers.iter_mut() {
-                f.inference.set_data_drop(false);
+                f.inference.set_data_drop(on);
             }
         }
-        if dropping {
+        if throttle.on() {
             stats
                 .dropped_bytes
                 .fetch_add(w.data.len() as u64, Ordering::Relaxed);
@@ -284,14 +315,11 @@ pub fn serve_vm(
                     events.truncate(from);
                     stats.restarts.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(vm = %spec.vm, part = f.number, "inference failed; re-crawling and restarting it");
-                    let dev = view_ref;
-                    if let Err(e) = crate::follow::restart(f, dev, cfg) {
+                    if let Err(e) = crate::follow::restart(f, &view, cfg) {
                         tracing::error!(vm = %spec.vm, part = f.number, "restart failed: {e:#}");
                         continue;
                     }
-                    if dropping {
-                        f.inference.set_data_drop(true);
-                    }
+                    f.inference.set_data_drop(throttle.on());
                     let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         f.inference.write(&before, &clipped, &mut events);
                     }));
@@ -299,7 +327,7 @@ pub fn serve_vm(
                         events.truncate(from);
                         stats.skipped.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(vm = %spec.vm, part = f.number, "request {} failed twice; skipped", w.seq);
-                        let _ = crate::follow::restart(f, dev, cfg);
+                        let _ = crate::follow::restart(f, &view, cfg);
                     }
                 }
                 stamp_part(&mut events[from..], f.number);
@@ -349,5 +377,31 @@ pub fn serve_vm(
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e).with_context(|| format!("vm {}: NBD server", spec.vm)),
         Err(e) => bail!("vm {}: NBD server task: {e}", spec.vm),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_switches_with_hysteresis() {
+        let mut t = Throttle::new(DropPolicy {
+            enabled: true,
+            high_bytes: 100,
+            low_bytes: 50,
+        });
+        assert_eq!(t.update(100), None);
+        assert_eq!(t.update(101), Some(true));
+        assert_eq!(t.update(60), None, "still above the low mark");
+        assert!(t.on());
+        assert_eq!(t.update(49), Some(false));
+        assert_eq!(t.update(99), None);
+        let mut off = Throttle::new(DropPolicy {
+            enabled: false,
+            high_bytes: 1,
+            low_bytes: 0,
+        });
+        assert_eq!(off.update(1 << 40), None);
     }
 }
