@@ -237,7 +237,9 @@ impl Output for Routed {
                 continue;
             }
             let mut sink = sink.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = sink.send(&batch).and_then(|()| sink.flush()) {
+            // Sent is visible (stdout is flushed per batch, files are
+            // written per batch); made durable at idle times and at the end.
+            if let Err(e) = sink.send(&batch) {
                 tracing::warn!("sink {}: {e}", sink.name());
             }
         }

@@ -259,6 +259,7 @@ pub fn serve_vm(
             Ok(None) => break,
             Err(_) => {
                 publish_counters(&followers, &stats);
+                out.flush();
                 // Idle: let time pass (held writes expire, home writes
                 // waiting for a flush that does not come are applied).
                 let now = wall_ns();
