@@ -85,12 +85,11 @@ fn check_names_the_offending_key() {
 fn run_refuses_sources_it_cannot_follow_yet_and_a_missing_vm() {
     let dir = tempfile::tempdir().unwrap();
     let disk = write(dir.path(), "disk.img", "");
-    let log = write(dir.path(), "t.log", "");
     let cfg = write(
         dir.path(),
-        "replay.toml",
+        "attach.toml",
         &format!(
-            "[[vm]]\nname = \"r\"\ndisk = \"{disk}\"\nsource = {{ type = \"replay\", log = \"{log}\" }}\n"
+            "[[vm]]\nname = \"r\"\ndisk = \"{disk}\"\nsource = {{ type = \"attach\", qmp = \"/tmp/q.sock\", drive = \"disk0\" }}\n"
         ),
     );
     let (ok, text) = run(&["run", "-c", &cfg]);

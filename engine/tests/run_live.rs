@@ -399,3 +399,59 @@ fn live_data_drop_reports_lost_ranges() {
         Ok(())
     });
 }
+
+/// A `replay` source in the configuration: a trace recorded from a real
+/// guest, followed by `gammaray run` into a file sink; its events must
+/// match the guest's operations (as `gammaray replay`'s do).
+#[test]
+fn run_with_a_replay_source() {
+    if !guest_available("run_with_a_replay_source") {
+        return;
+    }
+    in_temp_dir("run-replay", |dir| {
+        let w = Workload::Edits;
+        let lib = include_str!("../../testbed/guest/lib.sh");
+        let key = common::fnv(format!("{}\n{lib}", w.script()).as_bytes());
+        let rec = common::cached(
+            &format!("{}-ext4-{key:016x}", w.name()),
+            "truth.jsonl",
+            |d| gammaray_testbed::Recording::load(d).map_err(|e| e.to_string()),
+            |tmp| {
+                gammaray_testbed::record(&gammaray_testbed::RecordSpec::new(w, FsKind::Ext4, tmp))
+                    .map(|_| ())
+                    .map_err(|e| format!("recording {w}: {e}"))
+            },
+        )?;
+        let events = dir.join("events.jsonl");
+        let cfg = format!(
+            "host = \"h\"\n[metrics]\nenabled = false\n\
+             [[vm]]\nname = \"rec\"\ndisk = \"{}\"\nsource = {{ type = \"replay\", log = \"{}\" }}\n\
+             [sinks.f]\ntype = \"file\"\npath = \"{}\"\n[[route]]\nchannel = \"*:rec:/**\"\nsinks = [\"f\"]\n",
+            rec.base.display(),
+            rec.trace.display(),
+            events.display()
+        );
+        let cfg_path = dir.join("gammaray.toml");
+        std::fs::write(&cfg_path, cfg).map_err(|e| e.to_string())?;
+        let out = Command::new(gammaray())
+            .args(["run", "--for", "120", "-c"])
+            .arg(&cfg_path)
+            .output()
+            .map_err(|e| e.to_string())?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            return Err(format!("gammaray run failed: {err}"));
+        }
+        let initial = crawl_listing(&rec.base, dir, "initial", false)?;
+        let text = std::fs::read_to_string(&events).map_err(|e| e.to_string())?;
+        let evs = expect::parse_events(&text)?;
+        let mut ops = rec.truth.ops.clone();
+        ops.push("OP sync".to_string());
+        let report = expect::check(&ops, &evs, &initial, &rec.truth.listing);
+        eprintln!("{err}\nreplay source: {} events:\n{report}", evs.len());
+        if !report.passed() {
+            return Err("events of the replay source do not match the operations".into());
+        }
+        Ok(())
+    });
+}

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::serve::VmStats;
+use super::pipeline::VmStats;
 
 /// Per sink at scrape time: (name, sent, failed, dropped).
 pub type SinkCounts = Vec<(String, u64, u64, u64)>;

@@ -4,6 +4,8 @@
 //! - [`serve`]: one VM whose disk gammaray serves over NBD.
 
 pub mod metrics;
+pub mod pipeline;
+pub mod replay_source;
 pub mod serve;
 pub mod undo;
 
@@ -46,17 +48,24 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     let host = args.host.clone().unwrap_or_else(|| cfg.host.clone());
     // The VMs: the configuration's, and --serve.
-    let mut specs: Vec<serve::ServeSpec> = Vec::new();
+    let mut specs: Vec<VmSpec> = Vec::new();
     for (i, vm) in cfg.vm.iter().enumerate() {
         match &vm.source {
-            gammaray_config::Source::Serve { socket } => specs.push(serve::ServeSpec {
+            gammaray_config::Source::Serve { socket } => specs.push(VmSpec::Serve(serve::ServeSpec {
                 vm: vm.name.clone(),
                 disk: vm.disk.clone(),
                 socket: socket.clone(),
-            }),
-            other => bail!(
-                "vm[{i}].source: type {:?} is not supported by `gammaray run` yet (only \"serve\")",
-                other
+            })),
+            gammaray_config::Source::Replay { log, pace } => {
+                specs.push(VmSpec::Replay(replay_source::ReplaySpec {
+                    vm: vm.name.clone(),
+                    disk: vm.disk.clone(),
+                    log: log.clone(),
+                    pace: *pace,
+                }))
+            }
+            gammaray_config::Source::Attach { .. } => bail!(
+                "vm[{i}].source: type \"attach\" is not supported by `gammaray run` yet (\"serve\" and \"replay\" are)"
             ),
         }
     }
@@ -65,14 +74,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
             disk.file_stem()
                 .map_or_else(|| "vm".into(), |s| s.to_string_lossy().into_owned())
         });
-        if specs.iter().any(|s| s.vm == vm) {
+        if specs.iter().any(|s| s.name() == vm) {
             bail!("--vm {vm}: the configuration already has a VM of that name");
         }
-        specs.push(serve::ServeSpec {
+        specs.push(VmSpec::Serve(serve::ServeSpec {
             vm,
             disk: disk.clone(),
             socket: socket.clone(),
-        });
+        }));
     }
     if specs.is_empty() {
         bail!("no VM to watch: give --serve DISK --socket SOCK, or [[vm]] in a -c configuration");
@@ -95,7 +104,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     };
 
     let dd = &cfg.policy.data_drop;
-    let drop_policy = serve::DropPolicy {
+    let drop_policy = pipeline::DropPolicy {
         enabled: dd.enabled,
         high_bytes: (cfg.policy.queue_bytes as f64 * dd.high_water) as u64,
         low_bytes: (cfg.policy.queue_bytes as f64 * dd.low_water) as u64,
@@ -118,9 +127,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
         });
     }
     // One thread per VM; a VM that fails is reported and the others go on.
-    let all_stats: Vec<Arc<serve::VmStats>> = specs
+    let all_stats: Vec<Arc<pipeline::VmStats>> = specs
         .iter()
-        .map(|_| Arc::new(serve::VmStats::default()))
+        .map(|_| Arc::new(pipeline::VmStats::default()))
         .collect();
     if cfg.metrics.enabled {
         let out_for_metrics = out.clone();
@@ -128,7 +137,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             vms: specs
                 .iter()
                 .zip(&all_stats)
-                .map(|(s, st)| (s.vm.clone(), st.clone()))
+                .map(|(s, st)| (s.name().to_string(), st.clone()))
                 .collect(),
             sinks: Box::new(move || out_for_metrics.sink_stats()),
         };
@@ -141,9 +150,16 @@ pub fn run(args: &RunArgs) -> Result<()> {
         let (host, out, stop) = (host.clone(), out.clone(), stop.clone());
         let st = stats.clone();
         let h = std::thread::Builder::new()
-            .name(format!("vm-{}", spec.vm))
+            .name(format!("vm-{}", spec.name()))
             .spawn(move || {
-                let r = serve::serve_vm(&spec, &host, &icfg, drop_policy, out, stop, st);
+                let r = match &spec {
+                    VmSpec::Serve(s) => {
+                        serve::serve_vm(s, &host, &icfg, drop_policy, out, stop, st)
+                    }
+                    VmSpec::Replay(s) => {
+                        replay_source::replay_vm(s, &host, &icfg, drop_policy, out, stop, st)
+                    }
+                };
                 (spec, r)
             })
             .context("starting a VM thread")?;
@@ -156,13 +172,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
             eprintln!("gammaray: a VM thread panicked");
             continue;
         };
+        let name = spec.name();
         if let Err(e) = r {
             failed += 1;
-            eprintln!("gammaray: vm {}: {e:#}", spec.vm);
+            eprintln!("gammaray: vm {name}: {e:#}");
         }
         eprintln!(
             "gammaray: vm {}: {} requests ({} bytes) captured, {} inferred, {} events; undo log holds {} pages",
-            spec.vm,
+            name,
             stats.writes.load(Ordering::Relaxed),
             stats.bytes.load(Ordering::Relaxed),
             stats.inferred.load(Ordering::Relaxed),
@@ -173,7 +190,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         if restarts > 0 {
             eprintln!(
                 "gammaray: vm {}: inference restarted {restarts} times, {} requests skipped",
-                spec.vm,
+                name,
                 stats.skipped.load(Ordering::Relaxed)
             );
         }
@@ -181,14 +198,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
         if episodes > 0 {
             eprintln!(
                 "gammaray: vm {}: data drop was on {episodes} times, over {} bytes of writes",
-                spec.vm,
+                name,
                 stats.dropped_bytes.load(Ordering::Relaxed)
             );
         }
         if let Some((p50, p99, max, n)) = stats.latency_summary() {
             eprintln!(
                 "gammaray: vm {}: arrival to events sent, over {n} requests with events: p50 {p50:.3} ms, p99 {p99:.3} ms, max {max:.3} ms",
-                spec.vm
+                name
             );
         }
     }
@@ -262,6 +279,24 @@ impl Output for Routed {
             if let Err(e) = sink.flush() {
                 tracing::warn!("sink {}: {e}", sink.name());
             }
+        }
+    }
+}
+
+/// A VM to watch, by where its writes come from.
+pub enum VmSpec {
+    /// gammaray serves its disk over NBD.
+    Serve(serve::ServeSpec),
+    /// A recorded trace over its base image.
+    Replay(replay_source::ReplaySpec),
+}
+
+impl VmSpec {
+    /// The VM's name.
+    pub fn name(&self) -> &str {
+        match self {
+            VmSpec::Serve(s) => &s.vm,
+            VmSpec::Replay(s) => &s.vm,
         }
     }
 }
