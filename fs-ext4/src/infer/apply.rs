@@ -480,24 +480,11 @@ impl Ext4Inference {
             added = add_left;
         }
 
-        // 3. Deletes (paths as they were), deepest first.
-        let mut deletes: Vec<FileEvent> = Vec::new();
-        let mut deleted_inodes: HashSet<u64> = HashSet::default();
-        for (d, name, child) in &rem_left {
-            let path = self.parents.child_path(*d, name, root);
-            let ftype = self
-                .model
-                .files
-                .get(child)
-                .map_or(FileType::File, |r| r.ftype);
-            let mut ev = FileEvent::new(0, EventKind::Delete, path, ftype, *child);
-            ev.ts_ns = ts_ns;
-            deletes.push(ev);
-            deleted_inodes.insert(*child);
-        }
-        // Files freed while a directory that did not change still names
-        // them (only a corrupt or hostile guest does this): those names go
-        // too. Names in changed directories were diffed above.
+        // 3. Deletes (paths as they were), deepest first. Besides the
+        // names removed, files freed while a directory that did not change
+        // still names them (only a corrupt or hostile guest does this):
+        // those names go too. Names in changed directories were diffed
+        // above.
         let mut stale: Vec<(u64, Box<[u8]>, u64)> = Vec::new();
         for &ino in dirty {
             if self.model.files.contains_key(&ino) && !new_files.contains_key(&ino) {
@@ -508,7 +495,9 @@ impl Ext4Inference {
                 }
             }
         }
-        for (d, name, child) in &stale {
+        let mut deletes: Vec<FileEvent> = Vec::new();
+        let mut deleted_inodes: HashSet<u64> = HashSet::default();
+        for (d, name, child) in rem_left.iter().chain(&stale) {
             let path = self.parents.child_path(*d, name, root);
             let ftype = self
                 .model
@@ -518,6 +507,7 @@ impl Ext4Inference {
             let mut ev = FileEvent::new(0, EventKind::Delete, path, ftype, *child);
             ev.ts_ns = ts_ns;
             deletes.push(ev);
+            deleted_inodes.insert(*child);
         }
         deletes.sort_by(|a, b| {
             let depth = |e: &FileEvent| e.path.matches('/').count();

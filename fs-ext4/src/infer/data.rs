@@ -45,7 +45,45 @@ fn next_mapped(map: &FileMap, logical: u64) -> Option<u64> {
         .map(|r| r.0)
 }
 
+/// The part of a write to a file's data blocks that lies inside the file.
+struct Inside {
+    /// The file's size.
+    size: u64,
+    /// First byte of the part, on the partition.
+    lo: u64,
+    /// Its offset in the file.
+    fo: u64,
+    /// Its length.
+    n: u64,
+}
+
 impl Ext4Inference {
+    /// The part of write `w` to blocks `[s, e)`, which hold regular file
+    /// `file`'s data from logical block `logical`, that lies inside the
+    /// file's size; marks the file as having data written. `None` for
+    /// other file types or a write wholly past the end.
+    fn inside(&mut self, w: &DiskWrite, s: u64, e: u64, file: u64, logical: u64) -> Option<Inside> {
+        let bs = self.bs;
+        let rec = self.model.files.get(&file)?;
+        if rec.ftype != FileType::File {
+            return None;
+        }
+        let size = rec.size;
+        self.data_dirty.insert(file);
+        let lo = (s * bs).max(w.offset);
+        let hi = (e * bs).min(w.offset + w.len);
+        let fo = logical.saturating_mul(bs).saturating_add(lo - s * bs);
+        if fo >= size || lo >= hi {
+            return None;
+        }
+        Some(Inside {
+            size,
+            lo,
+            fo,
+            n: (hi - lo).min(size - fo),
+        })
+    }
+
     /// A write to blocks `[s, e)`, which hold `file`'s data from logical
     /// block `logical`: report the bytes inside the file's size that
     /// changed.
@@ -61,22 +99,10 @@ impl Ext4Inference {
         logical: u64,
         out: &mut Vec<FileEvent>,
     ) {
-        let bs = self.bs;
-        let Some(rec) = self.model.files.get(&file) else {
+        let Some(Inside { size, lo, fo, n }) = self.inside(w, s, e, file, logical) else {
             return;
         };
-        if rec.ftype != FileType::File {
-            return;
-        }
-        self.data_dirty.insert(file);
-        let size = rec.size;
-        let lo = (s * bs).max(w.offset);
-        let hi = (e * bs).min(w.offset + w.len);
-        let fo = logical.saturating_mul(bs).saturating_add(lo - s * bs);
-        if fo >= size || lo >= hi {
-            return;
-        }
-        let n = (hi - lo).min(size - fo) as usize;
+        let n = n as usize;
         let a = (lo - w.offset) as usize;
         let Some(new) = data.get(a..a + n) else {
             return;
@@ -136,22 +162,9 @@ impl Ext4Inference {
         logical: u64,
         out: &mut Vec<FileEvent>,
     ) {
-        let bs = self.bs;
-        let Some(rec) = self.model.files.get(&file) else {
+        let Some(Inside { size, fo, n, .. }) = self.inside(w, s, e, file, logical) else {
             return;
         };
-        if rec.ftype != FileType::File {
-            return;
-        }
-        self.data_dirty.insert(file);
-        let size = rec.size;
-        let lo = (s * bs).max(w.offset);
-        let hi = (e * bs).min(w.offset + w.len);
-        let fo = logical.saturating_mul(bs).saturating_add(lo - s * bs);
-        if fo >= size || lo >= hi {
-            return;
-        }
-        let n = (hi - lo).min(size - fo);
         let path = self.parents.path(file, self.model.root);
         let first_event = out.len();
         self.c.lost_events += 1;
