@@ -40,7 +40,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use common::{check_state, crawl_listing, fnv};
+use common::{check_ops, check_state, crawl_listing, fnv, verdict, with_sync};
 use gammaray_testbed::{
     expect, guest_available, needs_recovery, record_crash, truth::split_op, CrashRecording, FsKind,
     RecordSpec, Workload,
@@ -137,35 +137,6 @@ fn touched(ops: &[String]) -> Vec<String> {
     out
 }
 
-fn with_sync(ops: &[String]) -> Vec<String> {
-    let mut v = ops.to_vec();
-    v.push("OP sync".to_string());
-    v
-}
-
-fn check_ops(
-    what: &str,
-    ops: &[String],
-    events: &[expect::Event],
-    initial: &[gammaray_testbed::ListingEntry],
-    last: &[gammaray_testbed::ListingEntry],
-    problems: &mut Vec<String>,
-) {
-    let report = expect::check(&with_sync(ops), events, initial, last);
-    eprintln!(
-        "{what}: {} events checked against {} operations:\n{report}",
-        events.len(),
-        ops.len()
-    );
-    if !report.passed() {
-        problems.push(format!(
-            "{what}: events do not match the operations: {} required operations lack events, {} files have wrong bytes (report above)",
-            report.failures().len(),
-            report.content_failures().len()
-        ));
-    }
-}
-
 fn check_both(dir: &Path) -> Result<(), String> {
     let rec = recording()?;
     let (first, second) = (&rec.first, &rec.second);
@@ -255,11 +226,7 @@ fn check_both(dir: &Path) -> Result<(), String> {
             repeats.join("\n")
         ));
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("\n"))
-    }
+    verdict(problems)
 }
 
 fn check_from_crashed(dir: &Path) -> Result<(), String> {
@@ -317,11 +284,7 @@ fn check_from_crashed(dir: &Path) -> Result<(), String> {
             report.failures().len()
         ));
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("\n"))
-    }
+    verdict(problems)
 }
 
 #[test]

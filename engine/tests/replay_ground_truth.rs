@@ -22,29 +22,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use common::{crawl_listing, fnv, gammaray, run, show};
-use gammaray_testbed::{
-    expect, guest_available, listing, record, FsKind, RecordSpec, Recording, Workload,
+use common::{
+    check_ops, check_state, crawl_listing, gammaray, in_temp_dir, run, verdict, workload_recording,
 };
-
-/// The recording of `w` on ext4, from the cache or made now.
-fn recording(w: Workload) -> Result<Recording, String> {
-    let lib = include_str!("../../testbed/guest/lib.sh");
-    let key = fnv(format!("{}\n{lib}", w.script()).as_bytes());
-    common::cached(
-        &format!("{}-ext4-{key:016x}", w.name()),
-        "truth.jsonl",
-        |dir| Recording::load(dir).map_err(|e| e.to_string()),
-        |tmp| {
-            record(&RecordSpec::new(w, FsKind::Ext4, tmp))
-                .map(|_| ())
-                .map_err(|e| format!("recording {w}: {e}"))
-        },
-    )
-}
+use gammaray_testbed::{expect, guest_available, listing, Workload};
 
 fn check(w: Workload, dir: &Path) -> Result<(), String> {
-    let rec = recording(w)?;
+    let rec = workload_recording(w)?;
     let events = dir.join("ev.jsonl");
     let state = dir.join("st.jsonl");
 
@@ -87,94 +71,31 @@ fn check(w: Workload, dir: &Path) -> Result<(), String> {
     let mut problems = Vec::new();
     let got = listing::read(&state).map_err(|e| format!("--state {}: {e}", state.display()))?;
 
-    // --hash must hash every regular file (the listing diff compares
-    // sha256 only where the replay gave one).
-    let unhashed: Vec<&str> = got
-        .iter()
-        .filter(|e| e.kind == "file" && e.sha256.is_none())
-        .map(|e| e.path.as_str())
-        .collect();
-    if !unhashed.is_empty() {
-        problems.push(format!(
-            "--state has no sha256 for {} files: {}",
-            unhashed.len(),
-            unhashed
-                .iter()
-                .take(10)
-                .copied()
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
+    // (a) the state equals the guest's listing, (b) a crawl of the final
+    // disk; every regular file hashed.
+    check_state(&got, &rec.truth.listing, &rec.final_img, dir, &mut problems)?;
 
-    // (a) the state equals the guest's listing.
-    let diff = listing::diff(&rec.truth.listing, &got);
-    if !diff.is_empty() {
-        problems.push(format!(
-            "(a) --state differs from the guest's truth.jsonl ({} differences; - truth, + replay):\n{}",
-            diff.len(),
-            show(&diff)
-        ));
-    }
-
-    // (b) the state equals a crawl of the final disk.
-    let crawled = crawl_listing(&rec.final_img, dir, "final", true)?;
-    let diff = listing::diff(&crawled, &got);
-    if !diff.is_empty() {
-        problems.push(format!(
-            "(b) --state differs from `gammaray crawl --list --hash final.img` ({} differences; - crawl, + replay):\n{}",
-            diff.len(),
-            show(&diff)
-        ));
-    }
-
-    // (c) every synced operation has its events.
+    // (c) every operation has its events (the guest's init syncs after
+    // the workload, before taking the truth listing).
     let text =
         std::fs::read_to_string(&events).map_err(|e| format!("{}: {e}", events.display()))?;
     let evs = expect::parse_events(&text)?;
     let initial = crawl_listing(&rec.base, dir, "base", false)?;
-    // The guest's init syncs after the workload (before taking the truth
-    // listing), so every operation is followed by a sync.
-    let mut ops = rec.truth.ops.clone();
-    ops.push("OP sync".to_string());
-    let report = expect::check(&ops, &evs, &initial, &rec.truth.listing);
-    eprintln!(
-        "{w}: events checked against {} operations:\n{report}",
-        rec.truth.ops.len()
+    check_ops(
+        &format!("(c) {w}"),
+        &rec.truth.ops,
+        &evs,
+        &initial,
+        &rec.truth.listing,
+        &mut problems,
     );
-    if !report.passed() {
-        problems.push(format!(
-            "(c) events do not match the operations: {} required operations lack events, {} files have wrong bytes (report above)",
-            report.failures().len(),
-            report.content_failures().len()
-        ));
-    }
-
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("\n"))
-    }
+    verdict(problems)
 }
 
 fn run_case(w: Workload) {
     let name = format!("replay_{}_ext4", w.name());
-    if !guest_available(&name) {
-        return;
-    }
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("gr-{name}-"))
-        .tempdir()
-        .expect("temp dir");
-    let started = Instant::now();
-    let result = check(w, dir.path());
-    eprintln!("{name}: {:.1} s in all", started.elapsed().as_secs_f64());
-    if let Err(msg) = result {
-        let kept = dir.keep();
-        panic!(
-            "{name}: {msg}\n(events, state and listings kept in {})",
-            kept.display()
-        );
+    if guest_available(&name) {
+        in_temp_dir(&name, |dir| check(w, dir));
     }
 }
 

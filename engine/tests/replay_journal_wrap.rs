@@ -20,9 +20,9 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::{check_state, crawl_listing, fnv};
+use common::{check_ops, check_state, crawl_listing, fnv, verdict};
 use gammaray_testbed::{
-    expect, find_tool, guest_available, record, FsKind, RecordSpec, Recording, Workload,
+    find_tool, guest_available, record, FsKind, RecordSpec, Recording, Workload,
 };
 
 /// The mkfs.ext4 arguments: the smallest journal (1024 blocks of 4 KiB).
@@ -137,20 +137,14 @@ fn check(dir: &Path) -> Result<(), String> {
     )?;
 
     let initial = crawl_listing(&rec.base, dir, "base", false)?;
-    let mut ops = rec.truth.ops.clone();
-    ops.push("OP sync".to_string());
-    let report = expect::check(&ops, &r.events, &initial, &rec.truth.listing);
-    eprintln!(
-        "events checked against {} operations:\n{report}",
-        rec.truth.ops.len()
+    check_ops(
+        "(c)",
+        &rec.truth.ops,
+        &r.events,
+        &initial,
+        &rec.truth.listing,
+        &mut problems,
     );
-    if !report.passed() {
-        problems.push(format!(
-            "(c) events do not match the operations: {} required operations lack events, {} files have wrong bytes (report above)",
-            report.failures().len(),
-            report.content_failures().len()
-        ));
-    }
 
     if broken != 0 {
         problems.push(format!("(d) journal_txns_broken = {broken}, expected 0"));
@@ -163,11 +157,7 @@ fn check(dir: &Path) -> Result<(), String> {
             "(d) only {written} journal blocks written over a {jlen}-block journal: it did not wrap three times"
         ));
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("\n"))
-    }
+    verdict(problems)
 }
 
 #[test]

@@ -4,14 +4,84 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{crawl_listing, gammaray, in_temp_dir, show};
+use common::{check_ops, crawl_listing, gammaray, in_temp_dir, show, verdict, workload_recording};
 use gammaray_testbed::{
     disk, expect, guest_available, listing, Drive, FsKind, Guest, RunSpec, Workload,
 };
+
+/// A `gammaray run` process; its stderr goes to `DIR/run.stderr`.
+struct Engine {
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Engine {
+    /// Starts `gammaray run ARGS…` with `env`.
+    fn start(dir: &Path, env: &[(&str, &str)], args: &[&OsStr]) -> Result<Engine, String> {
+        let stderr = dir.join("run.stderr");
+        let file = std::fs::File::create(&stderr).map_err(|e| e.to_string())?;
+        let child = Command::new(gammaray())
+            .envs(env.iter().copied())
+            .arg("run")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .map_err(|e| format!("starting gammaray run: {e}"))?;
+        Ok(Engine { child, stderr })
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits (at most 60 s) until every socket in `socks` is served.
+    fn wait_serving(&mut self, socks: &[PathBuf]) -> Result<(), String> {
+        let t0 = Instant::now();
+        for sock in socks {
+            while !sock.exists() {
+                let exited = self.child.try_wait().ok().flatten().is_some();
+                if exited || t0.elapsed() > Duration::from_secs(60) {
+                    let _ = self.child.kill();
+                    return Err(format!(
+                        "gammaray run did not serve {}: {}",
+                        sock.display(),
+                        self.stderr()
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// The guests are gone: the engine follows the last writes and exits
+    /// (killed after 60 s). Its stderr, if it exited successfully.
+    fn finish(mut self) -> Result<String, String> {
+        let t0 = Instant::now();
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) => break Some(s),
+                _ if t0.elapsed() > Duration::from_secs(60) => {
+                    let _ = self.child.kill();
+                    break None;
+                }
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        let err = self.stderr();
+        eprintln!("gammaray run: {err}");
+        match status {
+            Some(s) if s.success() => Ok(err),
+            other => Err(format!("gammaray run ended with {other:?}: {err}")),
+        }
+    }
+}
 
 /// Serves a fresh disk with `gammaray run`, boots the guest on it with
 /// `workload`, and checks the live events.
@@ -26,51 +96,31 @@ fn live_with(workload: Workload, dir: &Path, env: &[(&str, &str)]) -> Result<Str
     let initial = crawl_listing(&img, dir, "initial", false)?;
     let sock = dir.join("nbd.sock");
     let events = dir.join("events.jsonl");
-    let stderr = std::fs::File::create(dir.join("run.stderr")).map_err(|e| e.to_string())?;
-    let mut engine = Command::new(gammaray())
-        .envs(env.iter().copied())
-        .args(["run", "--vm", "live", "--host", "h", "--for", "300"])
-        .arg("--serve")
-        .arg(&img)
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--events")
-        .arg(&events)
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .map_err(|e| format!("starting gammaray run: {e}"))?;
-    let t0 = Instant::now();
-    while !sock.exists() {
-        if t0.elapsed() > Duration::from_secs(60) || engine.try_wait().ok().flatten().is_some() {
-            let _ = engine.kill();
-            let err = std::fs::read_to_string(dir.join("run.stderr")).unwrap_or_default();
-            return Err(format!("gammaray run did not start serving: {err}"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut engine = Engine::start(
+        dir,
+        env,
+        &[
+            "--vm".as_ref(),
+            "live".as_ref(),
+            "--host".as_ref(),
+            "h".as_ref(),
+            "--for".as_ref(),
+            "300".as_ref(),
+            "--serve".as_ref(),
+            img.as_os_str(),
+            "--socket".as_ref(),
+            sock.as_os_str(),
+            "--events".as_ref(),
+            events.as_os_str(),
+        ],
+    )?;
+    engine.wait_serving(std::slice::from_ref(&sock))?;
     let guest = Guest::new().map_err(|e| e.to_string())?;
     let spec = RunSpec::new(dir, workload.script(), FsKind::Ext4, Drive::Nbd(sock));
     let out = guest.run(&spec);
-    // The guest is gone: the engine follows the last writes and exits.
-    let t1 = Instant::now();
-    let status = loop {
-        match engine.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            _ if t1.elapsed() > Duration::from_secs(60) => {
-                let _ = engine.kill();
-                break None;
-            }
-            _ => std::thread::sleep(Duration::from_millis(50)),
-        }
-    };
+    let err = engine.finish();
     let out = out.map_err(|e| format!("guest: {e}"))?;
-    let err = std::fs::read_to_string(dir.join("run.stderr")).unwrap_or_default();
-    eprintln!("gammaray run: {err}");
-    match status {
-        Some(s) if s.success() => {}
-        other => return Err(format!("gammaray run ended with {other:?}: {err}")),
-    }
+    let err = err?;
     // The disk is the guest's own: its crawl equals the guest's listing.
     let final_listing = crawl_listing(&img, dir, "final", true)?;
     let diff = listing::diff(&final_listing, &out.truth.listing);
@@ -83,18 +133,16 @@ fn live_with(workload: Workload, dir: &Path, env: &[(&str, &str)]) -> Result<Str
     // The events streamed live match the operations.
     let text = std::fs::read_to_string(&events).map_err(|e| e.to_string())?;
     let evs = expect::parse_events(&text)?;
-    let mut ops = out.truth.ops.clone();
-    // The guest's init syncs after the workload.
-    ops.push("OP sync".to_string());
-    let report = expect::check(&ops, &evs, &initial, &out.truth.listing);
-    eprintln!("{workload}: {} live events:\n{report}", evs.len());
-    if !report.passed() {
-        return Err(format!(
-            "live events do not match: {} operations lack events, {} files have wrong bytes",
-            report.failures().len(),
-            report.content_failures().len()
-        ));
-    }
+    let mut problems = Vec::new();
+    check_ops(
+        &format!("{workload} (live)"),
+        &out.truth.ops,
+        &evs,
+        &initial,
+        &out.truth.listing,
+        &mut problems,
+    );
+    verdict(problems)?;
     if evs.iter().any(|e| e.part != 1) {
         return Err("events without the partition number".into());
     }
@@ -172,26 +220,21 @@ fn live_two_vms_from_config() {
         );
         let cfg_path = dir.join("gammaray.toml");
         std::fs::write(&cfg_path, &cfg).map_err(|e| e.to_string())?;
-        let stderr = std::fs::File::create(dir.join("run.stderr")).map_err(|e| e.to_string())?;
-        let mut engine = Command::new(gammaray())
-            .args(["run", "--for", "300", "-c"])
-            .arg(&cfg_path)
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|e| format!("starting gammaray run: {e}"))?;
-        let t0 = Instant::now();
-        for (name, _) in workloads {
-            let sock = dir.join(format!("{name}.sock"));
-            while !sock.exists() {
-                if t0.elapsed() > Duration::from_secs(60) {
-                    let _ = engine.kill();
-                    let err = std::fs::read_to_string(dir.join("run.stderr")).unwrap_or_default();
-                    return Err(format!("gammaray run did not serve {name}: {err}"));
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        let mut engine = Engine::start(
+            dir,
+            &[],
+            &[
+                "--for".as_ref(),
+                "300".as_ref(),
+                "-c".as_ref(),
+                cfg_path.as_os_str(),
+            ],
+        )?;
+        let socks: Vec<PathBuf> = workloads
+            .iter()
+            .map(|(name, _)| dir.join(format!("{name}.sock")))
+            .collect();
+        engine.wait_serving(&socks)?;
         // Both guests at once.
         let guest = Guest::new().map_err(|e| e.to_string())?;
         let mut running = Vec::new();
@@ -248,22 +291,8 @@ fn live_two_vms_from_config() {
         for r in running {
             outs.push(r.wait().map_err(|e| format!("guest: {e}"))?);
         }
-        let t1 = Instant::now();
-        let status = loop {
-            match engine.try_wait() {
-                Ok(Some(s)) => break Some(s),
-                _ if t1.elapsed() > Duration::from_secs(60) => {
-                    let _ = engine.kill();
-                    break None;
-                }
-                _ => std::thread::sleep(Duration::from_millis(50)),
-            }
-        };
-        let err = std::fs::read_to_string(dir.join("run.stderr")).unwrap_or_default();
-        eprintln!("gammaray run: {err}");
-        if !matches!(status, Some(s) if s.success()) {
-            return Err(format!("gammaray run ended with {status:?}: {err}"));
-        }
+        engine.finish()?;
+        let mut problems = Vec::new();
         for (((name, w), out), initial) in workloads.iter().zip(&outs).zip(&initial) {
             let text = std::fs::read_to_string(dir.join(format!("{name}.jsonl")))
                 .map_err(|e| e.to_string())?;
@@ -272,17 +301,16 @@ fn live_two_vms_from_config() {
             if text.lines().any(|l| !l.contains(&own)) {
                 return Err(format!("{name}.jsonl holds another VM's events"));
             }
-            let mut ops = out.truth.ops.clone();
-            ops.push("OP sync".to_string());
-            let report = expect::check(&ops, &evs, initial, &out.truth.listing);
-            eprintln!("{name} ({w}): {} events:\n{report}", evs.len());
-            if !report.passed() {
-                return Err(format!(
-                    "{name}: events do not match its guest's operations"
-                ));
-            }
+            check_ops(
+                &format!("{name} ({w})"),
+                &out.truth.ops,
+                &evs,
+                initial,
+                &out.truth.listing,
+                &mut problems,
+            );
         }
-        Ok(())
+        verdict(problems)
     });
 }
 
@@ -313,32 +341,25 @@ fn live_data_drop_reports_lost_ranges() {
         );
         let cfg_path = dir.join("gammaray.toml");
         std::fs::write(&cfg_path, cfg).map_err(|e| e.to_string())?;
-        let stderr = std::fs::File::create(dir.join("run.stderr")).map_err(|e| e.to_string())?;
-        let mut engine = Command::new(gammaray())
-            .args(["run", "--for", "300", "-c"])
-            .arg(&cfg_path)
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|e| format!("starting gammaray run: {e}"))?;
-        let t0 = Instant::now();
-        while !sock.exists() {
-            if t0.elapsed() > Duration::from_secs(60) {
-                let _ = engine.kill();
-                return Err("gammaray run did not start serving".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut engine = Engine::start(
+            dir,
+            &[],
+            &[
+                "--for".as_ref(),
+                "300".as_ref(),
+                "-c".as_ref(),
+                cfg_path.as_os_str(),
+            ],
+        )?;
+        engine.wait_serving(std::slice::from_ref(&sock))?;
         let script = "op_mkdir /data\nop_fill /data/big.bin 4096 z\nop_sync\n\
                       op_append /var/log/app.log \"after the drop\"\nop_sync\n";
         let out = Guest::new()
             .map_err(|e| e.to_string())?
             .run(&RunSpec::new(dir, script, FsKind::Ext4, Drive::Nbd(sock)))
             .map_err(|e| format!("guest: {e}"))?;
-        let status = engine.wait().map_err(|e| e.to_string())?;
-        let err = std::fs::read_to_string(dir.join("run.stderr")).unwrap_or_default();
-        eprintln!("gammaray run: {err}");
-        if !status.success() || !err.contains("data drop was on") {
+        let err = engine.finish()?;
+        if !err.contains("data drop was on") {
             return Err(format!("the data drop did not switch on: {err}"));
         }
         let text = std::fs::read_to_string(&events).map_err(|e| e.to_string())?;
@@ -409,19 +430,7 @@ fn run_with_a_replay_source() {
         return;
     }
     in_temp_dir("run-replay", |dir| {
-        let w = Workload::Edits;
-        let lib = include_str!("../../testbed/guest/lib.sh");
-        let key = common::fnv(format!("{}\n{lib}", w.script()).as_bytes());
-        let rec = common::cached(
-            &format!("{}-ext4-{key:016x}", w.name()),
-            "truth.jsonl",
-            |d| gammaray_testbed::Recording::load(d).map_err(|e| e.to_string()),
-            |tmp| {
-                gammaray_testbed::record(&gammaray_testbed::RecordSpec::new(w, FsKind::Ext4, tmp))
-                    .map(|_| ())
-                    .map_err(|e| format!("recording {w}: {e}"))
-            },
-        )?;
+        let rec = workload_recording(Workload::Edits)?;
         let events = dir.join("events.jsonl");
         let cfg = format!(
             "host = \"h\"\n[metrics]\nenabled = false\n\
@@ -445,13 +454,16 @@ fn run_with_a_replay_source() {
         let initial = crawl_listing(&rec.base, dir, "initial", false)?;
         let text = std::fs::read_to_string(&events).map_err(|e| e.to_string())?;
         let evs = expect::parse_events(&text)?;
-        let mut ops = rec.truth.ops.clone();
-        ops.push("OP sync".to_string());
-        let report = expect::check(&ops, &evs, &initial, &rec.truth.listing);
-        eprintln!("{err}\nreplay source: {} events:\n{report}", evs.len());
-        if !report.passed() {
-            return Err("events of the replay source do not match the operations".into());
-        }
-        Ok(())
+        eprintln!("{err}");
+        let mut problems = Vec::new();
+        check_ops(
+            "replay source",
+            &rec.truth.ops,
+            &evs,
+            &initial,
+            &rec.truth.listing,
+            &mut problems,
+        );
+        verdict(problems)
     });
 }

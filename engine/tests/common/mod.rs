@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gammaray_testbed::{expect, listing, ListingEntry};
+use gammaray_testbed::{
+    expect, listing, record, FsKind, ListingEntry, RecordSpec, Recording, Workload,
+};
 
 /// Set to a non-empty value to ignore cached recordings.
 pub const RERECORD_ENV: &str = "GAMMARAY_RERECORD";
@@ -300,5 +302,66 @@ pub fn in_temp_dir(name: &str, body: impl FnOnce(&Path) -> Result<(), String>) {
             "{name}: {msg}\n(events, state and listings kept in {})",
             kept.display()
         );
+    }
+}
+
+/// The recording of workload `w` on ext4, from the cache or made now
+/// (keyed by the workload's script and the guest's helpers).
+pub fn workload_recording(w: Workload) -> Result<Recording, String> {
+    let lib = include_str!("../../../testbed/guest/lib.sh");
+    let key = fnv(format!("{}\n{lib}", w.script()).as_bytes());
+    cached(
+        &format!("{}-ext4-{key:016x}", w.name()),
+        "truth.jsonl",
+        |dir| Recording::load(dir).map_err(|e| e.to_string()),
+        |tmp| {
+            record(&RecordSpec::new(w, FsKind::Ext4, tmp))
+                .map(|_| ())
+                .map_err(|e| format!("recording {w}: {e}"))
+        },
+    )
+}
+
+/// A guest's operations followed by the sync its init does after the
+/// workload (before the truth listing): every operation is then required.
+pub fn with_sync(ops: &[String]) -> Vec<String> {
+    let mut v = ops.to_vec();
+    v.push("OP sync".to_string());
+    v
+}
+
+/// Checks `events` against `ops` (plus the final sync), from the listing
+/// `initial` to `last`: prints the report, and pushes a problem tagged
+/// `what` when an operation lacks its events or a file its bytes.
+pub fn check_ops(
+    what: &str,
+    ops: &[String],
+    events: &[expect::Event],
+    initial: &[ListingEntry],
+    last: &[ListingEntry],
+    problems: &mut Vec<String>,
+) -> expect::Report {
+    let report = expect::check(&with_sync(ops), events, initial, last);
+    eprintln!(
+        "{what}: {} events checked against {} operations:\n{report}",
+        events.len(),
+        ops.len()
+    );
+    if !report.passed() {
+        problems.push(format!(
+            "{what}: events do not match the operations: {} required operations lack events, {} files have wrong bytes (report above)",
+            report.failures().len(),
+            report.content_failures().len()
+        ));
+    }
+    report
+}
+
+/// `Err` with every problem, or `Ok` when there is none.
+pub fn verdict(problems: Vec<String>) -> Result<(), String> {
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
     }
 }
