@@ -36,6 +36,23 @@ impl Engine {
         Ok(Engine { child, stderr })
     }
 
+    /// Starts `gammaray run --for 300 -c DIR/gammaray.toml` with `toml`
+    /// written there.
+    fn with_config(dir: &Path, toml: &str) -> Result<Engine, String> {
+        let cfg = dir.join("gammaray.toml");
+        std::fs::write(&cfg, toml).map_err(|e| e.to_string())?;
+        Engine::start(
+            dir,
+            &[],
+            &[
+                "--for".as_ref(),
+                "300".as_ref(),
+                "-c".as_ref(),
+                cfg.as_os_str(),
+            ],
+        )
+    }
+
     fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
@@ -218,18 +235,7 @@ fn live_two_vms_from_config() {
             0,
             &format!("host = \"h\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
         );
-        let cfg_path = dir.join("gammaray.toml");
-        std::fs::write(&cfg_path, &cfg).map_err(|e| e.to_string())?;
-        let mut engine = Engine::start(
-            dir,
-            &[],
-            &[
-                "--for".as_ref(),
-                "300".as_ref(),
-                "-c".as_ref(),
-                cfg_path.as_os_str(),
-            ],
-        )?;
+        let mut engine = Engine::with_config(dir, &cfg)?;
         let socks: Vec<PathBuf> = workloads
             .iter()
             .map(|(name, _)| dir.join(format!("{name}.sock")))
@@ -339,18 +345,7 @@ fn live_data_drop_reports_lost_ranges() {
             sock.display(),
             events.display()
         );
-        let cfg_path = dir.join("gammaray.toml");
-        std::fs::write(&cfg_path, cfg).map_err(|e| e.to_string())?;
-        let mut engine = Engine::start(
-            dir,
-            &[],
-            &[
-                "--for".as_ref(),
-                "300".as_ref(),
-                "-c".as_ref(),
-                cfg_path.as_os_str(),
-            ],
-        )?;
+        let mut engine = Engine::with_config(dir, &cfg)?;
         engine.wait_serving(std::slice::from_ref(&sock))?;
         let script = "op_mkdir /data\nop_fill /data/big.bin 4096 z\nop_sync\n\
                       op_append /var/log/app.log \"after the drop\"\nop_sync\n";

@@ -28,6 +28,11 @@ const MAX_INODES_PER_BATCH: usize = 65_536;
 
 type NameKey = (u64, Box<[u8]>, u64);
 
+/// How deep an event's path lies (events are ordered by it).
+fn depth(e: &FileEvent) -> usize {
+    e.path.matches('/').count()
+}
+
 /// Names of a directory: `(name, child)`.
 type Names = Vec<(Name, u64)>;
 
@@ -509,10 +514,7 @@ impl Ext4Inference {
             deletes.push(ev);
             deleted_inodes.insert(*child);
         }
-        deletes.sort_by(|a, b| {
-            let depth = |e: &FileEvent| e.path.matches('/').count();
-            depth(b).cmp(&depth(a)).then_with(|| a.path.cmp(&b.path))
-        });
+        deletes.sort_by(|a, b| depth(b).cmp(&depth(a)).then_with(|| a.path.cmp(&b.path)));
         let move_old: Vec<String> = moves
             .iter()
             .map(|(r, _)| self.parents.child_path(r.0, &r.1, root))
@@ -631,10 +633,7 @@ impl Ext4Inference {
             arrivals.push(ev);
             created.insert(*child);
         }
-        arrivals.sort_by(|a, b| {
-            let depth = |e: &FileEvent| e.path.matches('/').count();
-            depth(a).cmp(&depth(b)).then_with(|| a.path.cmp(&b.path))
-        });
+        arrivals.sort_by(|a, b| depth(a).cmp(&depth(b)).then_with(|| a.path.cmp(&b.path)));
         out.extend(arrivals);
 
         let files_before = &old_recs;
