@@ -31,6 +31,7 @@ use crate::inode::{
     Inode, EXT4_EA_INODE_FL, EXT4_EXTENTS_FL, EXT4_HUGE_FILE_FL, EXT4_INLINE_DATA_FL,
     EXT4_RESIZE_INO, EXT4_ROOT_INO, I_BLOCK_LEN,
 };
+use crate::recovery::{self, Replayed};
 use crate::superblock::{compat, incompat, Superblock, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 use crate::xattr::InodeXattrs;
 
@@ -200,8 +201,66 @@ pub fn read_superblock(dev: &dyn BlockDevice) -> Result<Superblock> {
     Superblock::from_bytes(&b, SUPERBLOCK_OFFSET)
 }
 
-/// Crawls the ext2/3/4 file system on `dev`.
+/// Crawls the ext2/3/4 file system on `dev` as a mount would show it:
+/// when its journal holds committed transactions that are not yet written
+/// home (`s_start != 0`: a live guest, or a crash with `needs_recovery`),
+/// the crawl reads through [`Replayed`], the disk with those transactions
+/// replayed in memory (see [`crate::recovery`]); the disk is not changed.
+///
+/// What the replay did is logged (`tracing`, at warn level so that the
+/// CLI shows it); damage that ended the log early, fast commits and an
+/// unreadable journal of a file system that needs recovery are crawl
+/// warnings.
 pub fn crawl(dev: &dyn BlockDevice, progress: &dyn Progress) -> Result<Crawl> {
+    let sb = read_superblock(dev)?;
+    let mut warnings = Vec::new();
+    match recovery::plan(dev, &sb) {
+        Ok(Some(plan)) => {
+            warnings = plan.warnings;
+            let r = &plan.recovery;
+            if !r.is_empty() {
+                tracing::warn!(
+                    "ext4 journal{}: replayed {} committed transactions ({}..={}, {} logged \
+                     blocks, {} home blocks; {} revoked, {} with bad checksums) in memory; \
+                     the crawl shows the state a mount would",
+                    if recovery::needs_recovery(&sb) {
+                        " (needs_recovery)"
+                    } else {
+                        ""
+                    },
+                    r.transactions,
+                    r.first_sequence,
+                    r.last_sequence,
+                    r.logged,
+                    r.copies.len(),
+                    r.revoked,
+                    r.bad_checksums,
+                );
+                let replayed = Replayed::new(dev, u64::from(sb.block_size()), &r.copies);
+                let mut c = crawl_device(&replayed, progress)?;
+                warnings.append(&mut c.warnings);
+                c.warnings = warnings;
+                return Ok(c);
+            }
+        }
+        Ok(None) => {}
+        Err(e) if recovery::needs_recovery(&sb) => warnings.push(Error::corrupt(
+            "jbd2 journal",
+            0,
+            format!("the file system needs recovery but its journal cannot be replayed: {e}"),
+        )),
+        Err(e) => tracing::debug!("ext4 journal not scanned: {e}"),
+    }
+    let mut c = crawl_device(dev, progress)?;
+    if !warnings.is_empty() {
+        warnings.append(&mut c.warnings);
+        c.warnings = warnings;
+    }
+    Ok(c)
+}
+
+/// Crawls `dev` as it is (the home blocks).
+fn crawl_device(dev: &dyn BlockDevice, progress: &dyn Progress) -> Result<Crawl> {
     let sb = read_superblock(dev)?;
     let ctx = Ctx::new(dev, sb);
     let bs = ctx.bs;

@@ -8,7 +8,9 @@
 //! One module per on-disk structure, each with a `from_bytes` constructor
 //! that checks every length, offset and count once and never panics:
 //! [`superblock`], [`group_desc`], [`inode`], [`extent`], [`indirect`],
-//! [`dir`], [`xattr`], [`journal`] (jbd2); [`crawl`] walks them, and
+//! [`dir`], [`xattr`], [`journal`] (jbd2); [`crawl`] walks them (through
+//! [`recovery`], the journal's committed transactions replayed in memory,
+//! when the journal is not checkpointed), and
 //! [`infer`] follows a running guest's writes to keep the crawl's model
 //! current and to turn the writes into file events.
 //!
@@ -50,6 +52,7 @@ pub mod indirect;
 pub mod infer;
 pub mod inode;
 pub mod journal;
+pub mod recovery;
 pub mod superblock;
 pub mod xattr;
 

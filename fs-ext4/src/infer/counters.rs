@@ -45,6 +45,12 @@ counters! {
     journal_revokes,
     /// Logged blocks whose checksum did not match.
     journal_bad_checksums,
+    /// Committed but un-checkpointed transactions found in the journal at
+    /// the start (the crawl saw them replayed; their copies seed the
+    /// journal overlay).
+    journal_replayed_txns,
+    /// Home blocks whose journal copy seeded the overlay at the start.
+    journal_replayed_blocks,
     /// Metadata blocks written home that equalled their journal copy.
     checkpoint_blocks,
     /// Metadata blocks written home with new contents (no journal, or a

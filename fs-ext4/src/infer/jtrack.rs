@@ -97,6 +97,20 @@ impl JournalTracker {
         }
     }
 
+    /// The journal superblock as last read.
+    pub fn superblock(&self) -> &JournalSuperblock {
+        &self.jsb
+    }
+
+    /// Starts following the log after the committed transactions that
+    /// recovery replays ([`crate::recovery::scan_log`]): `last` is the
+    /// last of them (`s_sequence - 1` when none), `next_start` the journal
+    /// block where the next transaction starts.
+    pub fn seed(&mut self, last: u32, next_start: u32) {
+        self.last = Some(last);
+        self.next_start = Some(next_start);
+    }
+
     /// Physical block of journal logical block `l`.
     pub fn phys(&self, l: u64) -> Option<u64> {
         let idx = self.map.partition_point(|r| r.0 <= l);
@@ -124,6 +138,16 @@ impl JournalTracker {
                     self.jsb = jsb;
                     if jsb.start == 0 || was_empty {
                         self.resync_from_sb();
+                    } else if self
+                        .last
+                        .is_some_and(|last| after(jsb.sequence, last.wrapping_add(1)))
+                    {
+                        // The log restarts past every transaction we know
+                        // (jbd2 after a recovery: the next sequence is
+                        // one more than the last replayed one's successor,
+                        // from s_first): follow it from there.
+                        self.last = Some(jsb.sequence.wrapping_sub(1));
+                        self.next_start = Some(jsb.start);
                     }
                 }
                 Ok(_) | Err(_) => c.anomalies += 1,

@@ -33,9 +33,15 @@
 //! - ext4 fast commits (`fast_commit`) are not parsed: such changes are
 //!   seen at the next full commit or when written home. External journals
 //!   are not followed (metadata is then seen when written home).
-//! - A disk crawled with committed but un-checkpointed transactions in its
-//!   journal (a live or crashed guest) starts from the home blocks; the
-//!   journal's changes appear when the guest writes them home.
+//! - A disk whose journal holds committed but un-checkpointed transactions
+//!   (a live or crashed guest) is crawled with them replayed in memory
+//!   ([`crate::recovery`]), and inference starts with them as its journal
+//!   overlay and follows the log from after them: the guest's checkpoint
+//!   (or a recovery's home writes) then changes nothing. Fast commits and
+//!   external journals are not replayed. The crawl's state listing hashes
+//!   files through the disk as it is (the CLI's `--hash`), so with
+//!   `data=journal` a file whose data is in the journal only hashes to its
+//!   home blocks' bytes.
 //! - A resize (block or inode count changing) rebuilds the model with a
 //!   full crawl and emits no events for what the resize changed.
 //! - Extended attributes (ACLs, security labels) are not compared: changing
@@ -65,6 +71,7 @@ use gammaray_core::infer::{Counter, InferConfig, Inference};
 use gammaray_core::{BlockDevice, DiskWrite, FileEvent, FsModel, LostReason, Result, WriteFlags};
 
 use crate::crawl::{inode_tables, read_superblock};
+use crate::recovery;
 use crate::superblock::{compat, Superblock};
 
 pub use counters::Counters;
@@ -137,14 +144,51 @@ impl Ext4Inference {
     /// Starts following `dev` (the partition as it is now) from `model`,
     /// which must be a crawl (or index) of the same state.
     pub fn new(dev: &dyn BlockDevice, model: FsModel, cfg: &InferConfig) -> Result<Self> {
-        let sb = read_superblock(dev)?;
-        let tables = inode_tables(dev, &sb)?;
+        let raw_sb = read_superblock(dev)?;
+        let mut c = Counters::default();
+        // Committed transactions not yet written home: the crawl saw them
+        // replayed (crate::crawl::crawl), so the inference starts with them
+        // as its journal overlay and follows the log from after them.
+        let plan = match recovery::plan(dev, &raw_sb) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("ext4 journal not scanned for recovery: {e}");
+                None
+            }
+        };
+        let mut jov = JournalOverlay::default();
+        if let Some(p) = &plan {
+            for cp in &p.recovery.copies {
+                jov.insert(cp.home, cp.phys, cp.escaped);
+            }
+        }
+        let (sb, tables) = {
+            let view = View {
+                dev,
+                journal: &jov,
+                blocks: None,
+                bs: u64::from(raw_sb.block_size()),
+            };
+            let sb = read_superblock(&view)?;
+            let tables = inode_tables(&view, &sb)?;
+            (sb, tables)
+        };
         let bs = u64::from(sb.block_size());
         let parents = Parents::build(&model.tree);
-        let mut c = Counters::default();
         let journal = if sb.has_compat(compat::HAS_JOURNAL) {
             match JournalTracker::new(dev, &model, bs) {
-                Ok(j) => Some(j),
+                Ok(mut j) => {
+                    if let Some(p) = plan
+                        .as_ref()
+                        .filter(|p| p.jsb.start != 0 && p.jsb == *j.superblock())
+                    {
+                        let r = &p.recovery;
+                        j.seed(r.last_sequence, r.next_start);
+                        c.journal_replayed_txns = u64::from(r.transactions);
+                        c.journal_replayed_blocks = r.copies.len() as u64;
+                    }
+                    Some(j)
+                }
                 Err(e) => {
                     tracing::warn!("ext4 journal not followed: {e}");
                     c.anomalies += 1;
@@ -162,7 +206,7 @@ impl Ext4Inference {
             tables,
             model,
             parents,
-            jov: JournalOverlay::default(),
+            jov,
             journal,
             pending: Pending::default(),
             batch: Vec::new(),
