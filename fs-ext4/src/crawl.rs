@@ -237,12 +237,32 @@ pub fn crawl(dev: &dyn BlockDevice, progress: &dyn Progress) -> Result<Crawl> {
                     r.bad_checksums,
                 );
                 let replayed = Replayed::new(dev, u64::from(sb.block_size()), &r.copies);
-                let mut c = crawl_device(&replayed, progress)?;
-                warnings.append(&mut c.warnings);
-                c.warnings = warnings;
-                return Ok(c);
+                match crawl_device(&replayed, progress) {
+                    Ok(mut c) => {
+                        warnings.append(&mut c.warnings);
+                        c.warnings = warnings;
+                        return Ok(c);
+                    }
+                    // The journal's copies wreck the superblock or the
+                    // descriptor table (a mount would fail): the home
+                    // blocks are still worth indexing.
+                    Err(e) => warnings.push(Error::corrupt(
+                        "jbd2 journal",
+                        plan.jsb_offset,
+                        format!(
+                            "the file system with the journal replayed does not crawl ({e}); \
+                             crawled the home blocks instead"
+                        ),
+                    )),
+                }
             }
         }
+        Ok(None) if recovery::needs_recovery(&sb) => warnings.push(Error::Unsupported {
+            structure: "ext4 journal",
+            detail: "the file system needs recovery but its journal is external (or absent): \
+                     its committed transactions are not replayed, the crawl shows the home blocks"
+                .into(),
+        }),
         Ok(None) => {}
         Err(e) if recovery::needs_recovery(&sb) => warnings.push(Error::corrupt(
             "jbd2 journal",
@@ -257,6 +277,13 @@ pub fn crawl(dev: &dyn BlockDevice, progress: &dyn Progress) -> Result<Crawl> {
         c.warnings = warnings;
     }
     Ok(c)
+}
+
+/// Crawls `dev` as it is: the home blocks only, even when the journal
+/// holds committed transactions that a mount would replay first (what
+/// [`crawl`] did before it replayed them; for tests and diagnosis).
+pub fn crawl_home(dev: &dyn BlockDevice, progress: &dyn Progress) -> Result<Crawl> {
+    crawl_device(dev, progress)
 }
 
 /// Crawls `dev` as it is (the home blocks).

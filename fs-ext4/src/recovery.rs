@@ -103,7 +103,9 @@ pub struct Recovery {
     pub out_of_range: u64,
     /// Why the log ended early, when it was damage rather than the normal
     /// end of the log (a wrong commit checksum, an unreadable block, a
-    /// limit reached). The transactions before it are replayed.
+    /// limit reached). The transactions before it are replayed. Byte
+    /// offsets are inside the journal from [`scan_log`], on the device
+    /// from [`plan`].
     pub stopped: Option<Error>,
 }
 
@@ -426,6 +428,12 @@ pub fn plan(dev: &dyn BlockDevice, sb: &Superblock) -> Result<Option<Plan>> {
         dev.read_at(p.saturating_mul(bs), dst)
     };
     let mut recovery = scan_log(&jsb, sb.s_blocks_count, &mut read);
+    if let Some(Error::Corrupt { offset, .. }) = &mut recovery.stopped {
+        // Offsets inside the journal → offsets on the device.
+        if let Some(p) = map_phys(&map, *offset / bs) {
+            *offset = p.saturating_mul(bs).saturating_add(*offset % bs);
+        }
+    }
     if let Some(e) = &recovery.stopped {
         warnings.push(Error::corrupt(
             "jbd2 journal",

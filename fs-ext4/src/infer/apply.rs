@@ -188,7 +188,10 @@ impl Ext4Inference {
             blocks: Some(news),
             bs: self.bs,
         };
-        match crate::crawl::crawl(&view, &gammaray_core::NoProgress) {
+        // The view already lays the committed journal copies over the
+        // disk (and the transaction's blocks over both): crawl it as it is,
+        // without replaying the log again over the newer blocks.
+        match crate::crawl::crawl_home(&view, &gammaray_core::NoProgress) {
             Ok(cr) => {
                 if let Ok(sb) = crate::crawl::read_superblock(&view) {
                     if let Ok(t) = crate::crawl::inode_tables(&view, &sb) {

@@ -162,16 +162,29 @@ impl Ext4Inference {
                 jov.insert(cp.home, cp.phys, cp.escaped);
             }
         }
-        let (sb, tables) = {
+        let seeded = {
             let view = View {
                 dev,
                 journal: &jov,
                 blocks: None,
                 bs: u64::from(raw_sb.block_size()),
             };
-            let sb = read_superblock(&view)?;
-            let tables = inode_tables(&view, &sb)?;
-            (sb, tables)
+            read_superblock(&view).and_then(|sb| {
+                let tables = inode_tables(&view, &sb)?;
+                Ok((sb, tables))
+            })
+        };
+        let (sb, tables, plan) = match seeded {
+            Ok((sb, tables)) => (sb, tables, plan),
+            Err(e) => {
+                // As the crawl does: the replayed state is unusable, so
+                // start from the home blocks.
+                tracing::warn!("ext4 journal replay ignored, the replayed state is unusable: {e}");
+                c.anomalies += 1;
+                jov = JournalOverlay::default();
+                let tables = inode_tables(dev, &raw_sb)?;
+                (raw_sb, tables, None)
+            }
         };
         let bs = u64::from(sb.block_size());
         let parents = Parents::build(&model.tree);
