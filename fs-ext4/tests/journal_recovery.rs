@@ -502,3 +502,275 @@ fn corrupt_commit_checksum_stops_the_replay() {
     );
     assert!(got.iter().all(|e| e.path != "/newfile"));
 }
+
+/// The inference started on a disk with committed, un-checkpointed
+/// transactions follows the next commit at once, and the checkpoint that
+/// writes the journal's copies home gives no events. `C` is `B` with more
+/// edits; `A` holds `B`'s changes in its journal (transactions 1 and 2);
+/// the writes are transaction 3 (`B` → `C`, at the log's head), then the
+/// checkpoint of every block (`C`'s contents at home). Ground truth: the
+/// listing of `C` and of e2fsck's replay of the disk after transaction 3.
+#[test]
+fn inference_follows_the_log_after_the_replayed_transactions() {
+    use bytes::Bytes;
+    use gammaray_core::{
+        BlockDevice, DiskWrite, EventKind, FileEvent, InferConfig, OverlayDevice, WriteFlags,
+    };
+    use gammaray_ext4::fuzzing::jbd2;
+
+    if !have_tools() {
+        return;
+    }
+    let case = Case {
+        name: "inference, 4K metadata_csum",
+        block_size: 4096,
+        mkfs: &[],
+        jo: "jo -c",
+    };
+    let im = make_images(&case);
+    let bs = im.bs;
+    let c_img = im.dir.path().join("c.img");
+    fs::copy(&im.b, &c_img).unwrap();
+    let third = im.dir.path().join("third");
+    fs::write(&third, pattern(333, 3000)).unwrap();
+    let edits = im.dir.path().join("edits2");
+    fs::write(
+        &edits,
+        format!(
+            "write {} /third.txt\nmkdir /newdir/deeper\nsif /dir/file-9 mode 0100640\n",
+            third.display()
+        ),
+    )
+    .unwrap();
+    run(Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&edits)
+        .arg(&c_img));
+    run(Command::new("e2fsck").arg("-fn").arg(&c_img));
+    let (ia0, ib, ic) = (
+        fs::read(&im.a0).unwrap(),
+        fs::read(&im.b).unwrap(),
+        fs::read(&c_img).unwrap(),
+    );
+    let differ = |x: &[u8], y: &[u8]| -> Vec<u64> {
+        (1..x.len() / bs)
+            .filter(|&i| x[i * bs..(i + 1) * bs] != y[i * bs..(i + 1) * bs])
+            .map(|i| i as u64)
+            .collect()
+    };
+    let t3_blocks = differ(&ib, &ic);
+    assert!(!t3_blocks.is_empty());
+
+    let (t1, t2) = im.changed.split_at(im.changed.len() / 2);
+    let (d1, d2) = (im.data_of(t1, "d1"), im.data_of(t2, "d2"));
+    let script = format!(
+        "jw -b {} {}\njw -b {} {}\n",
+        list_arg(t1),
+        d1.display(),
+        list_arg(t2),
+        d2.display()
+    );
+    let a = im.journaled("a.img", case.jo, &script);
+    let plan = plan_of(&a);
+    assert_eq!(plan.recovery.transactions, 2);
+
+    // The inference, started as the engine starts it.
+    let dev = FileDevice::open(&a).unwrap();
+    let crawl = Ext4.crawl(&dev, &NoProgress).unwrap();
+    let mut inf = Ext4
+        .infer(&dev, crawl.model, &InferConfig::default())
+        .unwrap();
+    let counter = |inf: &dyn gammaray_core::Inference, name: &str| {
+        inf.counters()
+            .iter()
+            .find(|c| c.name == name)
+            .map_or(0, |c| c.value)
+    };
+    assert_eq!(counter(&*inf, "journal_replayed_txns"), 2);
+    let mut ov = OverlayDevice::new(Box::new(dev));
+    let mut events: Vec<FileEvent> = Vec::new();
+    let mut seq = 0u64;
+    let mut write = |ov: &mut OverlayDevice,
+                     inf: &mut Box<dyn gammaray_core::Inference>,
+                     events: &mut Vec<FileEvent>,
+                     mut w: DiskWrite| {
+        seq += 1;
+        w.seq = seq;
+        w.ts_ns = seq * 1_000_000;
+        inf.write(ov, &w, events);
+        ov.apply(&w);
+    };
+    let brief = |ev: &[FileEvent]| -> Vec<String> {
+        ev.iter()
+            .map(|e| format!("{:?} {}", e.kind, e.path))
+            .collect()
+    };
+    let flush = || DiskWrite {
+        flags: WriteFlags::FLUSH,
+        ..DiskWrite::default()
+    };
+
+    // Transaction 3 at the head of the log.
+    let jsb = plan.jsb;
+    let seq3 = plan.recovery.next_sequence;
+    let homes: Vec<(u64, Vec<u8>)> = t3_blocks
+        .iter()
+        .map(|&k| (k, ic[k as usize * bs..(k as usize + 1) * bs].to_vec()))
+        .collect();
+    let (d, logged) = jbd2::descriptor(&jsb, seq3, &homes);
+    assert_eq!(
+        logged.len(),
+        homes.len(),
+        "transaction 3 fits one descriptor"
+    );
+    let mut l = plan.recovery.next_start;
+    let mut jblocks = vec![d];
+    jblocks.extend(logged);
+    for b in jblocks {
+        let p = plan.phys(u64::from(l)).unwrap();
+        write(
+            &mut ov,
+            &mut inf,
+            &mut events,
+            DiskWrite::write(0, p * bs as u64, Bytes::from(b)),
+        );
+        l = jsb.next(l);
+    }
+    write(&mut ov, &mut inf, &mut events, flush());
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.path.ends_with("third.txt") && e.kind == EventKind::Create),
+        "an event before the commit: {:?}",
+        brief(&events)
+    );
+    let p = plan.phys(u64::from(l)).unwrap();
+    write(
+        &mut ov,
+        &mut inf,
+        &mut events,
+        DiskWrite::write(0, p * bs as u64, Bytes::from(jbd2::commit(&jsb, seq3))),
+    );
+    let after_commit = std::mem::take(&mut events);
+    assert!(
+        after_commit
+            .iter()
+            .any(|e| e.path.ends_with("/third.txt") && e.kind == EventKind::Create),
+        "the commit of transaction 3 gave no create of /third.txt: {:?}",
+        brief(&after_commit)
+    );
+    assert!(
+        after_commit
+            .iter()
+            .any(|e| e.path.ends_with("/newdir/deeper") && e.kind == EventKind::Create),
+        "no create of /newdir/deeper: {:?}",
+        brief(&after_commit)
+    );
+    assert!(
+        !after_commit.iter().any(|e| e.path.ends_with("/newfile")),
+        "transaction 3 repeated an event of the replayed transactions: {:?}",
+        brief(&after_commit)
+    );
+    write(&mut ov, &mut inf, &mut events, flush());
+
+    // Ground truth for the state now: e2fsck's replay of this disk.
+    let mut now = vec![0u8; ov.size() as usize];
+    ov.read_at(0, &mut now).unwrap();
+    let a3 = im.dir.path().join("a3.img");
+    fs::write(&a3, &now).unwrap();
+    assert_eq!(plan_of(&a3).recovery.transactions, 3);
+    let (truth, _) = listing(&e2fsck_copy(&a3, "a3_replayed.img", false));
+    let (c_listing, _) = listing(&c_img);
+    assert_same("e2fsck replay of A + T3 (-) vs C (+)", &truth, &c_listing);
+    let model_listing = |inf: &dyn gammaray_core::Inference, img: &Path| {
+        let dev = FileDevice::open(img).unwrap();
+        let sb = read_superblock(&dev).unwrap();
+        let copies = recovery::plan(&dev, &sb)
+            .unwrap()
+            .map(|p| p.recovery.copies)
+            .unwrap_or_default();
+        let view = Replayed::new(&dev, u64::from(sb.block_size()), &copies);
+        let (mut e, w) = list(inf.model(), 1);
+        assert!(w.is_empty(), "{w:?}");
+        let hw = add_hashes(&mut e, inf.model(), &view);
+        assert!(hw.is_empty(), "{hw:?}");
+        e
+    };
+    assert_same(
+        "inference model after T3 (-) vs e2fsck (+)",
+        &model_listing(&*inf, &a3),
+        &truth,
+    );
+
+    // The checkpoint: C's metadata written home (block 0 aside), then a
+    // flush. Every block equals its newest journal copy: no events. (File
+    // data is left out: debugfs logged it too, which only data=journal
+    // does, and data written home is reported as it arrives.)
+    let c_crawl = Ext4
+        .crawl(&FileDevice::open(&c_img).unwrap(), &NoProgress)
+        .unwrap();
+    let home_blocks: Vec<u64> = differ(&ia0, &ic)
+        .into_iter()
+        .filter(|&k| {
+            !matches!(
+                c_crawl.model.blocks.owner(k),
+                Some(gammaray_core::Owner::FileData { .. })
+            )
+        })
+        .collect();
+    let checkpoints_before = counter(&*inf, "checkpoint_blocks");
+    let home_meta_before = counter(&*inf, "home_meta_blocks");
+    for &k in &home_blocks {
+        let k = k as usize;
+        write(
+            &mut ov,
+            &mut inf,
+            &mut events,
+            DiskWrite::write(
+                0,
+                (k * bs) as u64,
+                Bytes::copy_from_slice(&ic[k * bs..(k + 1) * bs]),
+            ),
+        );
+    }
+    write(&mut ov, &mut inf, &mut events, flush());
+    inf.settle(&ov, &mut events);
+    assert!(
+        events.is_empty(),
+        "the checkpoint of the journal's copies gave events: {:?}",
+        brief(&events)
+    );
+    // Every metadata block written home (bitmaps are not inferred from)
+    // was a checkpoint; none counted as a change.
+    use gammaray_core::Owner;
+    let metadata = home_blocks
+        .iter()
+        .filter(|&&k| {
+            !matches!(
+                c_crawl.model.blocks.owner(k),
+                Some(
+                    Owner::BlockBitmap { .. }
+                        | Owner::InodeBitmap { .. }
+                        | Owner::SuperblockBackup { .. }
+                        | Owner::OtherMetadata
+                )
+            )
+        })
+        .count() as u64;
+    assert!(metadata > 0);
+    assert_eq!(
+        counter(&*inf, "checkpoint_blocks") - checkpoints_before,
+        metadata
+    );
+    assert_eq!(counter(&*inf, "home_meta_blocks"), home_meta_before);
+    let mut now = vec![0u8; ov.size() as usize];
+    ov.read_at(0, &mut now).unwrap();
+    let a4 = im.dir.path().join("a4.img");
+    fs::write(&a4, &now).unwrap();
+    assert_same(
+        "inference model after the checkpoint (-) vs C (+)",
+        &model_listing(&*inf, &a4),
+        &c_listing,
+    );
+}
