@@ -65,7 +65,10 @@ fn default_routes() -> Vec<Route> {
 pub struct VmConfig {
     /// The VM's name in channels; unique, no `:`.
     pub name: String,
-    /// The raw disk image (crawled at start; served, for `serve`).
+    /// The raw disk image: crawled at start and served, for `serve`; the
+    /// image the trace started from, for `replay`; for `attach`, the file
+    /// where gammaray keeps its own copy of the guest's disk (created or
+    /// overwritten; it must not be the guest's image, which is refused).
     pub disk: PathBuf,
     /// Where the VM's writes come from.
     pub source: Source,
@@ -84,7 +87,10 @@ pub enum Source {
         /// The unix socket to listen on (its directory must exist).
         socket: PathBuf,
     },
-    /// Attach to a running QEMU over QMP.
+    /// Attach to a running QEMU over QMP: the VM is paused for the few
+    /// commands that start a point-in-time copy of the drive into `disk`
+    /// and the tap; the copy is crawled while the writes queue up, then
+    /// the queue is replayed and followed live.
     Attach {
         /// QEMU's QMP unix socket.
         qmp: PathBuf,
@@ -93,6 +99,15 @@ pub enum Source {
         /// How writes are taken out of QEMU (default `mirror`).
         #[serde(default)]
         via: AttachVia,
+        /// Limit on QEMU's copy of the drive, in bytes per second, to
+        /// spare the guest's I/O (default 0: unlimited). Writes queue up
+        /// for longer while the copy runs.
+        #[serde(
+            default,
+            deserialize_with = "crate::size::deserialize",
+            skip_serializing_if = "is_zero"
+        )]
+        copy_rate: u64,
     },
     /// Replay a dm-log-writes trace recorded from `disk`.
     Replay {
@@ -103,6 +118,10 @@ pub enum Source {
         #[serde(default)]
         pace: bool,
     },
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// How live attach takes writes out of QEMU.

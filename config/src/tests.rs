@@ -120,7 +120,8 @@ listen = "[::1]:9000"
         Source::Attach {
             qmp: "/run/qmp.sock".into(),
             drive: "drive0".into(),
-            via: AttachVia::Blklogwrites
+            via: AttachVia::Blklogwrites,
+            copy_rate: 0,
         }
     );
     assert_eq!(cfg.vm[1].index, Some(dir.path().join("db.idx")));

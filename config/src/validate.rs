@@ -93,7 +93,12 @@ impl Config {
                     format!("duplicate VM name {:?} (also vm[{first}])", vm.name),
                 ));
             }
-            must_exist(&key("disk"), &vm.disk)?;
+            // An attach source's disk is gammaray's own copy: created.
+            if matches!(vm.source, Source::Attach { .. }) {
+                parent_must_exist(&key("disk"), &vm.disk)?;
+            } else {
+                must_exist(&key("disk"), &vm.disk)?;
+            }
             match &vm.source {
                 Source::Serve { socket } => parent_must_exist(&key("source.socket"), socket)?,
                 Source::Attach { qmp, drive, .. } => {

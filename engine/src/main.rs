@@ -73,6 +73,10 @@ pub struct RunArgs {
     /// instead of using the configuration's sinks.
     #[arg(long, conflicts_with = "events")]
     pub brief: bool,
+    /// When a VM's source ends, write what gammaray then knows of its file
+    /// systems to DIR/VM.jsonl: the state listing of `crawl --list --hash`.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Arguments of `gammaray check`.

@@ -82,7 +82,7 @@ fn check_names_the_offending_key() {
 }
 
 #[test]
-fn run_refuses_sources_it_cannot_follow_yet_and_a_missing_vm() {
+fn run_reports_a_vm_it_cannot_reach_and_refuses_no_vm() {
     let dir = tempfile::tempdir().unwrap();
     let disk = write(dir.path(), "disk.img", "");
     let cfg = write(
@@ -93,7 +93,10 @@ fn run_refuses_sources_it_cannot_follow_yet_and_a_missing_vm() {
         ),
     );
     let (ok, text) = run(&["run", "-c", &cfg]);
-    assert!(!ok && text.contains("vm[0].source"), "{text}");
+    assert!(
+        !ok && text.contains("vm r: source.qmp /tmp/q.sock does not exist"),
+        "{text}"
+    );
     let (ok, text) = run(&["run"]);
     assert!(!ok && text.contains("no VM to watch"), "{text}");
 }

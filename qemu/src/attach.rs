@@ -366,7 +366,7 @@ async fn attach_blklogwrites(
 }
 
 /// Cancels (if needed), waits for and dismisses job `job`.
-async fn finish_job(qmp: &mut Qmp, job: &str) -> Result<(), AttachError> {
+pub(crate) async fn finish_job(qmp: &mut Qmp, job: &str) -> Result<(), AttachError> {
     let timeout = qmp.timeout();
     let deadline = Instant::now() + timeout;
     let mut cancelled = false;
@@ -462,7 +462,10 @@ pub async fn cleanup_stale(
         .filter_map(|j| j.get("id").and_then(Value::as_str).map(str::to_string))
         .collect();
     for id in ids {
-        if stale_pid(&id, "-job").is_some_and(|pid| !is_alive(pid)) {
+        let stale = ["-job", crate::snapshot::JOB_SUFFIX]
+            .iter()
+            .any(|suffix| stale_pid(&id, suffix).is_some_and(|pid| !is_alive(pid)));
+        if stale {
             finish_job(qmp, &id).await?;
             removed.push(id);
         }
@@ -488,7 +491,10 @@ pub async fn cleanup_stale(
                 );
             }
         }
-        if stale_pid(&name, "-nbd").is_some_and(|pid| !is_alive(pid)) {
+        let stale = ["-nbd", crate::snapshot::NODE_SUFFIX]
+            .iter()
+            .any(|suffix| stale_pid(&name, suffix).is_some_and(|pid| !is_alive(pid)));
+        if stale {
             match qmp
                 .execute("blockdev-del", json!({"node-name": name}))
                 .await

@@ -36,3 +36,4 @@ pub mod attach;
 pub mod dmlog;
 pub mod nbd;
 pub mod qmp;
+pub mod snapshot;

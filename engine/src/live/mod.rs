@@ -3,8 +3,10 @@
 //! - [`undo`]: the disk as inference sees it while the guest runs ahead;
 //! - [`serve`]: one VM whose disk gammaray serves over NBD.
 
+pub mod attach;
 pub mod metrics;
 pub mod pipeline;
+pub mod queue;
 pub mod replay_source;
 pub mod serve;
 pub mod undo;
@@ -49,13 +51,15 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let host = args.host.clone().unwrap_or_else(|| cfg.host.clone());
     // The VMs: the configuration's, and --serve.
     let mut specs: Vec<VmSpec> = Vec::new();
-    for (i, vm) in cfg.vm.iter().enumerate() {
+    for vm in &cfg.vm {
         match &vm.source {
-            gammaray_config::Source::Serve { socket } => specs.push(VmSpec::Serve(serve::ServeSpec {
-                vm: vm.name.clone(),
-                disk: vm.disk.clone(),
-                socket: socket.clone(),
-            })),
+            gammaray_config::Source::Serve { socket } => {
+                specs.push(VmSpec::Serve(serve::ServeSpec {
+                    vm: vm.name.clone(),
+                    disk: vm.disk.clone(),
+                    socket: socket.clone(),
+                }))
+            }
             gammaray_config::Source::Replay { log, pace } => {
                 specs.push(VmSpec::Replay(replay_source::ReplaySpec {
                     vm: vm.name.clone(),
@@ -64,9 +68,24 @@ pub fn run(args: &RunArgs) -> Result<()> {
                     pace: *pace,
                 }))
             }
-            gammaray_config::Source::Attach { .. } => bail!(
-                "vm[{i}].source: type \"attach\" is not supported by `gammaray run` yet (\"serve\" and \"replay\" are)"
-            ),
+            gammaray_config::Source::Attach {
+                qmp,
+                drive,
+                via,
+                copy_rate,
+            } => specs.push(VmSpec::Attach(attach::AttachSpec {
+                vm: vm.name.clone(),
+                disk: vm.disk.clone(),
+                qmp: qmp.clone(),
+                drive: drive.clone(),
+                copy_rate: *copy_rate,
+                via: match via {
+                    gammaray_config::AttachVia::Mirror => gammaray_qemu::attach::Via::Mirror,
+                    gammaray_config::AttachVia::Blklogwrites => {
+                        gammaray_qemu::attach::Via::Blklogwrites
+                    }
+                },
+            })),
         }
     }
     if let (Some(disk), Some(socket)) = (&args.serve, &args.socket) {
@@ -145,20 +164,28 @@ pub fn run(args: &RunArgs) -> Result<()> {
             tracing::info!("metrics on http://{addr}/metrics");
         }
     }
+    if let Some(dir) = &args.state_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("--state-dir {}", dir.display()))?;
+    }
     let mut handles = Vec::new();
     for (spec, stats) in specs.into_iter().zip(all_stats) {
-        let (host, out, stop) = (host.clone(), out.clone(), stop.clone());
-        let st = stats.clone();
+        let ctx = pipeline::VmContext {
+            host: host.clone(),
+            infer: icfg,
+            drop_policy,
+            queue_bytes: cfg.policy.queue_bytes,
+            out: out.clone(),
+            stop: stop.clone(),
+            stats: stats.clone(),
+            state_dir: args.state_dir.clone(),
+        };
         let h = std::thread::Builder::new()
             .name(format!("vm-{}", spec.name()))
             .spawn(move || {
                 let r = match &spec {
-                    VmSpec::Serve(s) => {
-                        serve::serve_vm(s, &host, &icfg, drop_policy, out, stop, st)
-                    }
-                    VmSpec::Replay(s) => {
-                        replay_source::replay_vm(s, &host, &icfg, drop_policy, out, stop, st)
-                    }
+                    VmSpec::Serve(s) => serve::serve_vm(s, &ctx),
+                    VmSpec::Replay(s) => replay_source::replay_vm(s, &ctx),
+                    VmSpec::Attach(s) => attach::attach_vm(s, &ctx),
                 };
                 (spec, r)
             })
@@ -289,6 +316,8 @@ pub enum VmSpec {
     Serve(serve::ServeSpec),
     /// A recorded trace over its base image.
     Replay(replay_source::ReplaySpec),
+    /// A running VM, attached to over QMP.
+    Attach(attach::AttachSpec),
 }
 
 impl VmSpec {
@@ -297,6 +326,7 @@ impl VmSpec {
         match self {
             VmSpec::Serve(s) => &s.vm,
             VmSpec::Replay(s) => &s.vm,
+            VmSpec::Attach(s) => &s.vm,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use gammaray_core::{BlockDevice, DiskWrite, FileEvent, InferConfig, SliceDevice};
 
 use super::Output;
@@ -136,6 +136,27 @@ pub fn publish_counters(followers: &[crate::follow::Follower], stats: &VmStats) 
     }
 }
 
+/// What every VM of one `gammaray run` shares, and its own counters.
+#[derive(Clone)]
+pub struct VmContext {
+    /// Host name in events.
+    pub host: String,
+    /// Inference settings.
+    pub infer: InferConfig,
+    /// The data-drop policy.
+    pub drop_policy: DropPolicy,
+    /// The write queue's byte limit.
+    pub queue_bytes: u64,
+    /// Where events go.
+    pub out: Arc<dyn Output>,
+    /// Set to stop.
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
+    /// This VM's counters.
+    pub stats: Arc<VmStats>,
+    /// Where to write the final state listing (`DIR/VM.jsonl`).
+    pub state_dir: Option<std::path::PathBuf>,
+}
+
 /// One VM's inference side.
 pub struct Pipeline {
     followers: Vec<Follower>,
@@ -146,30 +167,24 @@ pub struct Pipeline {
     out: Arc<dyn Output>,
     stats: Arc<VmStats>,
     events: Vec<FileEvent>,
+    state_dir: Option<std::path::PathBuf>,
     seq: u64,
     nth: u64,
     fault_at: Option<u64>,
 }
 
 impl Pipeline {
-    /// Follows `followers` for VM `vm` on `host`.
-    pub fn new(
-        followers: Vec<Follower>,
-        vm: &str,
-        host: &str,
-        cfg: InferConfig,
-        drop_policy: DropPolicy,
-        out: Arc<dyn Output>,
-        stats: Arc<VmStats>,
-    ) -> Self {
+    /// Follows `followers` for VM `vm`.
+    pub fn new(followers: Vec<Follower>, vm: &str, ctx: &VmContext) -> Self {
         Pipeline {
             followers,
             vm: vm.into(),
-            host: host.into(),
-            cfg,
-            throttle: Throttle::new(drop_policy),
-            out,
-            stats,
+            host: ctx.host.as_str().into(),
+            cfg: ctx.infer,
+            throttle: Throttle::new(ctx.drop_policy),
+            out: ctx.out.clone(),
+            stats: ctx.stats.clone(),
+            state_dir: ctx.state_dir.clone(),
             events: Vec::new(),
             seq: 0,
             nth: 0,
@@ -289,6 +304,33 @@ impl Pipeline {
         self.emit();
         self.out.flush();
         publish_counters(&self.followers, &self.stats);
+        if let Some(dir) = &self.state_dir {
+            let path = dir.join(format!("{}.jsonl", self.vm));
+            self.write_state(view, &path)
+                .with_context(|| format!("--state-dir: writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the state listing of every followed file system, files
+    /// hashed from `view`, to `path`.
+    fn write_state(&self, view: &dyn BlockDevice, path: &std::path::Path) -> Result<()> {
+        use std::io::Write;
+        let mut warnings = crate::crawl::Warnings::default();
+        let mut all = Vec::new();
+        for f in &self.followers {
+            let pdev = SliceDevice::new(view, f.start, f.len)?;
+            all.extend(crate::crawl::part_listing(
+                f.number,
+                f.inference.model(),
+                Some(&pdev),
+                &mut warnings,
+            ));
+        }
+        crate::crawl::sort_listing(&mut all);
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+        gammaray_core::listing::write_lines(&all, &mut out)?;
+        out.flush()?;
         Ok(())
     }
 
@@ -304,6 +346,53 @@ impl Pipeline {
             .emit(&self.host, &self.vm, &mut self.seq, &mut self.events);
         true
     }
+}
+
+/// What [`follow_queue`] did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Followed {
+    /// Writes followed.
+    pub writes: u64,
+}
+
+/// The inferencer's loop: takes batches from `queue` until it closes and
+/// follows each write through `pipe`, with `view` reading the disk as it
+/// was before the write; `applied(w)` is then called, for the source to
+/// move `view` past `w`. With nothing queued for `idle`, time passes for
+/// the inference (held writes expire). `backlog(n)` is called with the
+/// number of writes followed after each batch.
+pub fn follow_queue(
+    queue: &super::queue::WriteQueue,
+    pipe: &mut Pipeline,
+    view: &dyn BlockDevice,
+    idle: std::time::Duration,
+    mut applied: impl FnMut(&DiskWrite) -> Result<()>,
+    mut progress: impl FnMut(u64),
+) -> Result<Followed> {
+    use super::queue::Taken;
+    let mut batch = Vec::new();
+    let mut done = Followed::default();
+    let mut run = || -> Result<()> {
+        loop {
+            match queue.take(&mut batch, idle) {
+                Taken::Writes => {
+                    for (arrived, w) in batch.drain(..) {
+                        pipe.write(view, &w, arrived)?;
+                        applied(&w)?;
+                        queue.done(w.data.len() as u64);
+                        done.writes += 1;
+                    }
+                    progress(done.writes);
+                }
+                Taken::Idle => pipe.idle(view, wall_ns())?,
+                Taken::Closed => return pipe.finish(view),
+            }
+        }
+    };
+    let r = run();
+    // On an error, the capture side must not wait for space forever.
+    queue.close();
+    r.map(|()| done)
 }
 
 #[cfg(test)]

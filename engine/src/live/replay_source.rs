@@ -5,16 +5,15 @@
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use gammaray_core::{FileDevice, InferConfig, OverlayDevice};
+use gammaray_core::{FileDevice, OverlayDevice};
 use gammaray_qemu::dmlog::{ReadOptions, TraceReader};
 
-use super::pipeline::{DropPolicy, Pipeline, VmStats};
-use super::Output;
+use super::pipeline::{Pipeline, VmContext};
 use crate::crawl::Warnings;
 use crate::follow::start_followers;
 
@@ -34,15 +33,8 @@ pub struct ReplaySpec {
 
 /// Follows `spec.log` over `spec.disk` into `out`, until the trace ends or
 /// `stop` is set.
-pub fn replay_vm(
-    spec: &ReplaySpec,
-    host: &str,
-    cfg: &InferConfig,
-    drop_policy: DropPolicy,
-    out: Arc<dyn Output>,
-    stop: Arc<AtomicBool>,
-    stats: Arc<VmStats>,
-) -> Result<()> {
+pub fn replay_vm(spec: &ReplaySpec, ctx: &VmContext) -> Result<()> {
+    let (cfg, stats, stop) = (&ctx.infer, ctx.stats.clone(), &ctx.stop);
     let base = FileDevice::open(&spec.disk)
         .with_context(|| format!("vm {}: opening disk {}", spec.vm, spec.disk.display()))?;
     let trace = File::open(&spec.log)
@@ -65,15 +57,7 @@ pub fn replay_vm(
         ),
     };
     let mut overlay = OverlayDevice::new(Box::new(base));
-    let mut pipe = Pipeline::new(
-        followers,
-        &spec.vm,
-        host,
-        *cfg,
-        drop_policy,
-        out,
-        stats.clone(),
-    );
+    let mut pipe = Pipeline::new(followers, &spec.vm, ctx);
     let started = Instant::now();
     let mut first_ts: Option<u64> = None;
     for item in reader {

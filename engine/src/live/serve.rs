@@ -5,27 +5,26 @@
 
 use std::fs::OpenOptions;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use gammaray_core::{DiskWrite, InferConfig};
+use gammaray_core::DiskWrite;
 use gammaray_qemu::nbd::{Export, ImageExport, Listener, NbdServer, ServeUntil};
 use tokio::sync::{mpsc, watch};
 
-use super::pipeline::{wall_ns, DropPolicy, Pipeline, VmStats};
+use super::pipeline::{follow_queue, Pipeline, VmContext};
+use super::queue::{spawn_queuer, WriteQueue};
 use super::undo::UndoLog;
-use super::Output;
 use crate::crawl::Warnings;
 use crate::follow::start_followers;
 
-/// Requests queued between the NBD server and inference (the queue's
-/// bound; a full queue makes the guest's I/O wait).
-pub const QUEUE_REQUESTS: usize = 4096;
+/// Requests in flight between the NBD server and the queuer.
+pub const CAPTURE_REQUESTS: usize = 64;
 
 /// With nothing queued, inference lets time pass this often.
-const IDLE_TICK_MS: u64 = 500;
+pub const IDLE_TICK_MS: u64 = 500;
 
 /// What to serve.
 #[derive(Debug, Clone)]
@@ -40,15 +39,8 @@ pub struct ServeSpec {
 
 /// Serves `spec.disk` on `spec.socket` until the guest disconnects (after
 /// having connected) or `stop` is set, following its writes into `out`.
-pub fn serve_vm(
-    spec: &ServeSpec,
-    host: &str,
-    cfg: &InferConfig,
-    drop_policy: DropPolicy,
-    out: Arc<dyn Output>,
-    stop: Arc<AtomicBool>,
-    stats: Arc<VmStats>,
-) -> Result<()> {
+pub fn serve_vm(spec: &ServeSpec, ctx: &VmContext) -> Result<()> {
+    let (cfg, stats) = (&ctx.infer, ctx.stats.clone());
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -76,8 +68,8 @@ pub fn serve_vm(
         spec.socket.display()
     );
 
-    let (tx, mut rx) = mpsc::channel::<(Instant, DiskWrite)>(QUEUE_REQUESTS);
-    let (wtx, mut wrx) = mpsc::channel::<DiskWrite>(64);
+    let queue = Arc::new(WriteQueue::new(ctx.queue_bytes));
+    let (wtx, wrx) = mpsc::channel::<DiskWrite>(CAPTURE_REQUESTS);
     let export = Export::Image(ImageExport::with_guard(file, wtx, undo.clone())?);
     let server = NbdServer::new(Arc::new(export), "");
     let (sd_tx, sd_rx) = watch::channel(false);
@@ -90,21 +82,8 @@ pub fn serve_vm(
     let listener = Listener::bind_unix(&spec.socket)
         .with_context(|| format!("vm {}: listening on {}", spec.vm, spec.socket.display()))?;
     drop(enter);
-    let capture_stats = stats.clone();
-    // Capture: stamp each request's arrival and hand it to inference.
-    rt.spawn(async move {
-        while let Some(w) = wrx.recv().await {
-            capture_stats.writes.fetch_add(1, Ordering::Relaxed);
-            capture_stats.bytes.fetch_add(w.len, Ordering::Relaxed);
-            capture_stats
-                .queued_bytes
-                .fetch_add(w.data.len() as u64, Ordering::Relaxed);
-            if tx.send((Instant::now(), w)).await.is_err() {
-                break;
-            }
-        }
-    });
-    let stop_watch = stop.clone();
+    let queuer = spawn_queuer(&spec.vm, wrx, queue.clone(), stats.clone())?;
+    let stop_watch = ctx.stop.clone();
     rt.spawn(async move {
         while !stop_watch.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -122,34 +101,24 @@ pub fn serve_vm(
 
     // Inference, on this thread.
     let view = undo.view();
-    let mut pipe = Pipeline::new(
-        followers,
-        &spec.vm,
-        host,
-        *cfg,
-        drop_policy,
-        out.clone(),
-        stats.clone(),
+    let mut pipe = Pipeline::new(followers, &spec.vm, ctx);
+    let followed = follow_queue(
+        &queue,
+        &mut pipe,
+        &view,
+        Duration::from_millis(IDLE_TICK_MS),
+        |w| {
+            undo.consume(w);
+            stats
+                .undo_pages
+                .store(undo.pages() as u64, Ordering::Relaxed);
+            Ok(())
+        },
+        |_| {},
     );
-    loop {
-        let next = rt.block_on(async {
-            tokio::time::timeout(Duration::from_millis(IDLE_TICK_MS), rx.recv()).await
-        });
-        match next {
-            Ok(Some((arrived, w))) => {
-                pipe.write(&view, &w, arrived)?;
-                undo.consume(&w);
-                stats
-                    .undo_pages
-                    .store(undo.pages() as u64, Ordering::Relaxed);
-            }
-            Ok(None) => break,
-            // Idle: let time pass (held writes expire, home writes waiting
-            // for a flush that does not come are applied).
-            Err(_) => pipe.idle(&view, wall_ns())?,
-        }
-    }
-    pipe.finish(&view)?;
+    let _ = queuer.join();
+    tracing::info!(vm = %spec.vm, peak_queued = queue.peak(), "source ended");
+    followed?;
     let served = rt.block_on(serving);
     rt.shutdown_timeout(Duration::from_secs(1));
     match served {
