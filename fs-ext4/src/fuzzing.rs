@@ -61,6 +61,21 @@ pub fn parsers(data: &[u8]) {
             ib.pointers().for_each(drop);
         }
     }
+    // `rest` as a whole journal (block 0 its superblock): the recovery
+    // scan; blocks past the data read as zeros (the end of the log).
+    if let Ok(jsb) = crate::journal::JournalSuperblock::from_bytes(rest, 0) {
+        let bs = jsb.block_size as usize;
+        let _ = crate::recovery::scan_log(&jsb, u64::MAX, &mut |l, buf| {
+            buf.fill(0);
+            let start = (l as usize).saturating_mul(bs);
+            if let Some(src) = rest.get(start..start.saturating_add(bs)) {
+                if let Some(dst) = buf.get_mut(..src.len()) {
+                    dst.copy_from_slice(src);
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Crawls an image built from `data`: `data` itself when it is at least

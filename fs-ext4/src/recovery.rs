@@ -797,6 +797,32 @@ mod tests {
     }
 
     #[test]
+    fn fuzz_entry_scans_a_journal() {
+        // The parsers' fuzz entry reads its input as a journal too.
+        let s = sb(16, jinc::BIT64, 1, 1);
+        let mut j = J::new(s);
+        let mut jsb_block = vec![0u8; BS];
+        let put = |b: &mut [u8], o: usize, v: u32| b[o..o + 4].copy_from_slice(&v.to_be_bytes());
+        put(&mut jsb_block, 0, JBD2_MAGIC);
+        put(&mut jsb_block, 4, block_type::SUPERBLOCK_V2);
+        put(&mut jsb_block, 0xC, BS as u32);
+        put(&mut jsb_block, 0x10, 16);
+        put(&mut jsb_block, 0x14, 1);
+        put(&mut jsb_block, 0x18, 1);
+        put(&mut jsb_block, 0x1C, 1);
+        put(&mut jsb_block, 0x28, jinc::BIT64);
+        j.blocks[0] = jsb_block;
+        j.txn(1, &[(5, data(1)), (6, data(2))]);
+        j.txn(2, &[(5, data(3))]);
+        let mut input = vec![0u8];
+        for b in &j.blocks {
+            input.extend_from_slice(b);
+        }
+        crate::fuzzing::parsers(&input);
+        crate::fuzzing::parsers(&input[..BS + 100]);
+    }
+
+    #[test]
     fn replayed_device_overlays_copies() {
         let bs = 8u64;
         let mut disk = vec![0u8; 64];
