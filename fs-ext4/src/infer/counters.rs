@@ -49,7 +49,9 @@ counters! {
     /// the start (the crawl saw them replayed; their copies seed the
     /// journal overlay).
     journal_replayed_txns,
-    /// Home blocks whose journal copy seeded the overlay at the start.
+    /// Home blocks whose newest committed copy the crawl replayed, found
+    /// at the start (those whose home block already equals the copy are
+    /// not kept in the overlay).
     journal_replayed_blocks,
     /// Metadata blocks written home that equalled their journal copy.
     checkpoint_blocks,

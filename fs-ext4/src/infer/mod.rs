@@ -158,8 +158,25 @@ impl Ext4Inference {
         };
         let mut jov = JournalOverlay::default();
         if let Some(p) = &plan {
+            // Copies equal to their home block (transactions already
+            // checkpointed but still in the log) change no read; leaving
+            // them out keeps the overlay to what is really pending, which
+            // the guest's checkpoint will clear.
+            let bsz = usize::try_from(raw_sb.block_size()).unwrap_or(0);
+            let bs = u64::from(raw_sb.block_size());
+            let (mut home, mut copy) = (vec![0u8; bsz], vec![0u8; bsz]);
             for cp in &p.recovery.copies {
-                jov.insert(cp.home, cp.phys, cp.escaped);
+                let same = dev.read_at(cp.home.saturating_mul(bs), &mut home).is_ok()
+                    && dev.read_at(cp.phys.saturating_mul(bs), &mut copy).is_ok()
+                    && {
+                        if cp.escaped {
+                            view::unescape(&mut copy);
+                        }
+                        home == copy
+                    };
+                if !same {
+                    jov.insert(cp.home, cp.phys, cp.escaped);
+                }
             }
         }
         let seeded = {
