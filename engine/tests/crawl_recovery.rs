@@ -31,7 +31,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::{crawl_listing, fnv, show, verdict};
+use common::{check_state, crawl_listing, fnv, show, verdict};
 use gammaray_core::{FileDevice, NoProgress};
 use gammaray_ext4::crawl::{crawl_home, read_superblock};
 use gammaray_ext4::recovery;
@@ -275,7 +275,7 @@ fn check(dir: &Path) -> Result<(), String> {
 /// must differ, or the check proves nothing.
 fn check_live_snapshots(dir: &Path) -> Result<(), String> {
     use gammaray_core::{BlockDevice, OverlayDevice};
-    use gammaray_qemu::dmlog::TraceReader;
+    use gammaray_qemu::dmlog::{TraceReader, TraceWriter};
 
     /// Snapshots taken per workload (evenly spread over the flushes
     /// where the journal holds committed transactions).
@@ -283,10 +283,13 @@ fn check_live_snapshots(dir: &Path) -> Result<(), String> {
     let mut problems = Vec::new();
     let mut checked = 0usize;
     let mut home_differs = 0usize;
+    let mut restarted = 0usize;
     for w in Workload::ALL {
         let rec = common::workload_recording(w)?;
-        let entries: Vec<gammaray_core::DiskWrite> = TraceReader::open(&rec.trace)
-            .map_err(|e| format!("{}: {e}", rec.trace.display()))?
+        let reader =
+            TraceReader::open(&rec.trace).map_err(|e| format!("{}: {e}", rec.trace.display()))?;
+        let sector_size = reader.super_block().sector_size;
+        let entries: Vec<gammaray_core::DiskWrite> = reader
             .map(|e| e.map(|e| e.write).map_err(|e| e.to_string()))
             .collect::<Result<_, _>>()?;
         // Pass 1: the flushes after which the journal is not empty.
@@ -357,12 +360,79 @@ fn check_live_snapshots(dir: &Path) -> Result<(), String> {
                 home_differs += 1;
             }
             checked += 1;
+
+            // An inference (re)started on the snapshot follows the rest of
+            // the trace to the guest's final state, and re-announces
+            // nothing the crawl already had: a `create` of a path the
+            // snapshot lists with the same inode, before any delete or move
+            // of that path, could only come from a checkpoint of the
+            // replayed transactions.
+            let rest = dir.join(format!("{name}.log"));
+            let mut tw = TraceWriter::create(&rest, sector_size).map_err(|e| e.to_string())?;
+            for e in &entries[i + 1..] {
+                tw.append(e).map_err(|e| e.to_string())?;
+            }
+            tw.sync_super().map_err(|e| e.to_string())?;
+            drop(tw);
+            let r = common::replay(&img, &[rest.as_path()], dir, &format!("{name}-restart"))?;
+            let mut state_problems = Vec::new();
+            check_state(
+                &r.state,
+                &rec.truth.listing,
+                &rec.final_img,
+                dir,
+                &mut state_problems,
+            )?;
+            for p in state_problems {
+                problems.push(format!("{name}: inference restarted on the snapshot: {p}"));
+            }
+            if r.counter("journal_txns_broken") > 0 {
+                problems.push(format!(
+                    "{name}: inference restarted on the snapshot: {} journal transactions not followed",
+                    r.counter("journal_txns_broken")
+                ));
+            }
+            // Path → inode in the snapshot, as the crawl (journal
+            // replayed) has it.
+            let inodes: std::collections::HashMap<String, u64> = {
+                use gammaray_core::FileSystem;
+                let dev = FileDevice::open(&img).map_err(|e| e.to_string())?;
+                let c = gammaray_ext4::Ext4
+                    .crawl(&dev, &NoProgress)
+                    .map_err(|e| e.to_string())?;
+                gammaray_core::listing::list(&c.model, 1)
+                    .0
+                    .into_iter()
+                    .map(|e| (e.path, e.file))
+                    .collect()
+            };
+            let mut gone: Vec<&str> = Vec::new();
+            for e in &r.events {
+                if e.event == "delete" {
+                    gone.push(&e.path);
+                }
+                if let Some(o) = &e.old_path {
+                    gone.push(o);
+                }
+                if e.event == "create"
+                    && !gone
+                        .iter()
+                        .any(|g| *g == e.path || e.path.starts_with(&format!("{g}/")))
+                    && inodes.get(&e.path) == Some(&e.inode)
+                {
+                    problems.push(format!(
+                        "{name}: inference restarted on the snapshot re-announces #{} create {} (already in the crawl)",
+                        e.seq, e.path
+                    ));
+                }
+            }
+            restarted += 1;
             std::fs::remove_file(&img).ok();
             std::fs::remove_file(&copy).ok();
         }
     }
     eprintln!(
-        "{checked} live snapshots checked against e2fsck; in {home_differs} the home blocks alone differ"
+        "{checked} live snapshots checked against e2fsck; in {home_differs} the home blocks alone differ; {restarted} inference restarts followed to the end"
     );
     if checked == 0 || home_differs == 0 {
         problems.push(format!(
