@@ -23,17 +23,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use gammaray_core::{DiskWrite, FileDevice, WriteFlags};
+use gammaray_core::{BlockDevice, DiskWrite, FileDevice, WriteFlags};
 use gammaray_qemu::attach::{self, Attachment, Via};
 use gammaray_qemu::nbd::{Export, Listener, LogExport, NbdServer, ServeUntil, SinkExport};
 use gammaray_qemu::qmp::Qmp;
 use gammaray_qemu::snapshot;
 use indicatif::{ProgressBar, ProgressStyle};
+use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch};
 
-use super::pipeline::{follow_queue, Pipeline, VmContext};
-use super::queue::{spawn_queuer, WriteQueue};
-use super::serve::{CAPTURE_REQUESTS, IDLE_TICK_MS};
+use super::inferencer::DiskView;
+use super::pipeline::{Pipeline, VmStats};
+use super::supervisor::{Ready, SourceKit};
 use crate::crawl::Warnings;
 use crate::follow::start_followers;
 
@@ -76,30 +77,17 @@ struct Tap {
     _dir: SocketDir,
 }
 
-/// Attaches to `spec.qmp`'s drive, follows its writes into `out` until
-/// `stop` is set, the VM quits or the tap fails, then detaches.
-pub fn attach_vm(spec: &AttachSpec, ctx: &VmContext) -> Result<()> {
-    let (cfg, stats) = (&ctx.infer, ctx.stats.clone());
+/// Attaches to `spec.qmp`'s drive and captures its writes into `kit.tx`
+/// until the VM's stop flag is set, the VM quits or the tap fails, then
+/// detaches. Inference starts once the copy is crawled, with the writes
+/// queued meanwhile first.
+pub fn run(spec: &AttachSpec, kit: SourceKit, rt: &Runtime) -> Result<()> {
+    let SourceKit { ctx, tx, ready } = kit;
     let vm = spec.vm.as_str();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let queue = Arc::new(WriteQueue::new(ctx.queue_bytes));
-    let (wtx, wrx) = mpsc::channel::<DiskWrite>(CAPTURE_REQUESTS);
-    let queuer = spawn_queuer(vm, wrx, queue.clone(), stats.clone())?;
 
     // 1. Capture and copy, started together.
     let t0 = Instant::now();
-    let started = rt.block_on(start(spec, wtx));
-    let mut tap = match started {
-        Ok(t) => t,
-        Err(e) => {
-            queue.close();
-            let _ = queuer.join();
-            return Err(e);
-        }
-    };
+    let mut tap = rt.block_on(start(spec, tx))?;
     eprintln!(
         "gammaray: vm {vm}: attached to {} via {:?}; copying the disk to {}",
         tap.attachment.drive.node,
@@ -117,72 +105,95 @@ pub fn attach_vm(spec: &AttachSpec, ctx: &VmContext) -> Result<()> {
     bar.finish_and_clear();
     if let Err(e) = copied {
         let _ = rt.block_on(detach(tap, "the copy failed"));
-        let _ = queuer.join();
         return Err(e).with_context(|| format!("vm {vm}: copying the disk"));
     }
     let copied_secs = t0.elapsed().as_secs_f64();
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&spec.disk)
-        .with_context(|| format!("vm {vm}: opening the copy {}", spec.disk.display()))?;
-    let dev = FileDevice::from_file(file.try_clone()?)?;
-    let mut warnings = Warnings::default();
-    let crawled = match start_followers(&dev, &spec.disk, cfg, &mut warnings) {
-        Ok(Ok(f)) => Ok(f),
-        Ok(Err(why)) => Err(anyhow::anyhow!("vm {vm}: nothing to follow: {why}")),
-        Err(e) => Err(e.context(format!("vm {vm}: crawling the copy"))),
-    };
-    let followers = match crawled {
-        Ok(f) => f,
+    let crawled = (|| -> Result<_> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&spec.disk)
+            .with_context(|| format!("vm {vm}: opening the copy {}", spec.disk.display()))?;
+        let dev = FileDevice::from_file(file.try_clone()?)?;
+        let mut warnings = Warnings::default();
+        match start_followers(&dev, &spec.disk, &ctx.infer, &mut warnings)
+            .with_context(|| format!("vm {vm}: crawling the copy"))?
+        {
+            Ok(f) => Ok((f, CopyDisk { file, dev })),
+            Err(why) => bail!("vm {vm}: nothing to follow: {why}"),
+        }
+    })();
+    let (followers, disk) = match crawled {
+        Ok(x) => x,
         Err(e) => {
             let _ = rt.block_on(detach(tap, "nothing to follow"));
-            let _ = queuer.join();
             return Err(e);
         }
     };
-    let backlog = stats.writes.load(Ordering::Relaxed);
+    let backlog = ctx.stats.writes.load(Ordering::Relaxed);
     eprintln!(
         "gammaray: vm {vm}: disk copied in {copied_secs:.2} s and crawled in {:.2} s; catching up on {backlog} writes queued meanwhile",
         t0.elapsed().as_secs_f64() - copied_secs
     );
 
-    // The tap ends on `stop`, on the VM's end, or on its own failure.
-    let watcher = rt.spawn(watch_and_detach(tap, ctx.stop.clone()));
+    // 3 and 4. The inferencer replays the queue over the copy, catches up
+    // and follows live.
+    ready.do_send(Ready {
+        pipe: Pipeline::new(followers, vm, &ctx),
+        disk: Box::new(disk),
+    });
+    let (stats, vm_name) = (ctx.stats.clone(), vm.to_string());
+    let caught_up = std::thread::Builder::new()
+        .name(format!("catch-up-{vm}"))
+        .spawn(move || report_catch_up(&vm_name, &stats, backlog))?;
+    let detached = rt.block_on(watch_and_detach(tap, ctx.stop.clone()));
+    let _ = caught_up.join();
+    detached.with_context(|| format!("vm {vm}: detaching"))
+}
 
-    // 3 and 4. Replay the queue over the copy, catch up, follow live.
-    let mut pipe = Pipeline::new(followers, vm, ctx);
-    let caught_up = Instant::now();
+/// Shows the catch-up and says when the writes queued during the copy and
+/// crawl have all been inferred.
+fn report_catch_up(vm: &str, stats: &VmStats, backlog: u64) {
+    let t0 = Instant::now();
     let bar = count_bar(format!("{vm}: catch-up"), backlog);
-    let mut announced = false;
-    let followed = follow_queue(
-        &queue,
-        &mut pipe,
-        &dev,
-        Duration::from_millis(IDLE_TICK_MS),
-        |w| apply(&file, w),
-        |n| {
-            if !announced {
-                bar.set_position(n.min(backlog));
-                if n >= backlog {
-                    announced = true;
-                    bar.finish_and_clear();
-                    eprintln!(
-                        "gammaray: vm {vm}: caught up: {backlog} queued writes followed in {:.2} s; following live",
-                        caught_up.elapsed().as_secs_f64()
-                    );
-                }
-            }
-        },
-    );
+    loop {
+        let n = stats.inferred.load(Ordering::Relaxed);
+        bar.set_position(n.min(backlog));
+        if n >= backlog {
+            break;
+        }
+        if stats.ended.load(Ordering::Relaxed) {
+            bar.finish_and_clear();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
     bar.finish_and_clear();
-    let _ = queuer.join();
-    let detached = rt.block_on(watcher);
-    rt.shutdown_timeout(Duration::from_secs(1));
-    followed?;
-    match detached {
-        Ok(r) => r.with_context(|| format!("vm {vm}: detaching")),
-        Err(e) => bail!("vm {vm}: detach task: {e}"),
+    eprintln!(
+        "gammaray: vm {vm}: caught up: {backlog} queued writes followed in {:.2} s; following live",
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+/// gammaray's copy of the attached disk, kept as of the write being
+/// inferred: each write is applied to it once inferred.
+struct CopyDisk {
+    file: std::fs::File,
+    dev: FileDevice,
+}
+
+impl DiskView for CopyDisk {
+    fn follow(
+        &mut self,
+        w: &DiskWrite,
+        f: &mut dyn FnMut(&dyn BlockDevice) -> Result<()>,
+    ) -> Result<()> {
+        f(&self.dev)?;
+        apply(&self.file, w)
+    }
+
+    fn current(&mut self, f: &mut dyn FnMut(&dyn BlockDevice) -> Result<()>) -> Result<()> {
+        f(&self.dev)
     }
 }
 

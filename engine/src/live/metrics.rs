@@ -67,6 +67,12 @@ pub fn render(reg: &Registry) -> String {
         }),
     );
     metric(
+        "gammaray_write_rate",
+        "Requests captured per second, over the last second.",
+        "gauge",
+        per_vm(&|s| s.write_rate.load(Ordering::Relaxed)),
+    );
+    metric(
         "gammaray_inference_lag_nanoseconds",
         "Time from the last inferred request's arrival to the end of its inference.",
         "gauge",

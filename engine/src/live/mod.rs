@@ -4,11 +4,14 @@
 //! - [`serve`]: one VM whose disk gammaray serves over NBD.
 
 pub mod attach;
+pub mod inferencer;
 pub mod metrics;
 pub mod pipeline;
-pub mod queue;
+pub mod queuer;
 pub mod replay_source;
 pub mod serve;
+pub mod supervisor;
+pub mod throttler;
 pub mod undo;
 
 use std::io::Write;
@@ -167,42 +170,61 @@ pub fn run(args: &RunArgs) -> Result<()> {
     if let Some(dir) = &args.state_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("--state-dir {}", dir.display()))?;
     }
-    let mut handles = Vec::new();
-    for (spec, stats) in specs.into_iter().zip(all_stats) {
-        let ctx = pipeline::VmContext {
-            host: host.clone(),
-            infer: icfg,
-            drop_policy,
-            queue_bytes: cfg.policy.queue_bytes,
-            out: out.clone(),
-            stop: stop.clone(),
-            stats: stats.clone(),
-            state_dir: args.state_dir.clone(),
-        };
-        let h = std::thread::Builder::new()
-            .name(format!("vm-{}", spec.name()))
-            .spawn(move || {
-                let r = match &spec {
-                    VmSpec::Serve(s) => serve::serve_vm(s, &ctx),
-                    VmSpec::Replay(s) => replay_source::replay_vm(s, &ctx),
-                    VmSpec::Attach(s) => attach::attach_vm(s, &ctx),
-                };
-                (spec, r)
-            })
-            .context("starting a VM thread")?;
-        handles.push((h, stats));
-    }
+    // One supervisor per VM, each on its own arbiter (thread), under one
+    // actix system; a VM that fails is reported and the others go on.
+    let mut vm_stops = Vec::new();
+    let system = actix::System::new();
+    let outcomes = system.block_on(async {
+        let mut waiting = Vec::new();
+        for (spec, stats) in specs.into_iter().zip(all_stats) {
+            let vm_stop = Arc::new(AtomicBool::new(false));
+            vm_stops.push(vm_stop.clone());
+            let ctx = pipeline::VmContext {
+                host: host.clone(),
+                infer: icfg,
+                drop_policy,
+                queue_bytes: cfg.policy.queue_bytes,
+                out: out.clone(),
+                stop: vm_stop,
+                stats: stats.clone(),
+                state_dir: args.state_dir.clone(),
+            };
+            let name = spec.name().to_string();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let arbiter = actix::Arbiter::new();
+            <supervisor::Supervisor as actix::Actor>::start_in_arbiter(
+                &arbiter.handle(),
+                move |_| supervisor::Supervisor::new(spec, ctx, tx),
+            );
+            waiting.push((name, stats, rx, arbiter));
+        }
+        // The global stop (signals, --for) stops every VM.
+        let stops = vm_stops.clone();
+        let global = stop.clone();
+        std::thread::spawn(move || loop {
+            if global.load(Ordering::Relaxed) {
+                for s in &stops {
+                    s.store(true, Ordering::Relaxed);
+                }
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        });
+        let mut outcomes = Vec::new();
+        for (name, stats, rx, arbiter) in waiting {
+            let r = rx
+                .await
+                .unwrap_or_else(|_| Err("its supervisor stopped without an outcome".to_string()));
+            arbiter.stop();
+            outcomes.push((name, stats, r));
+        }
+        outcomes
+    });
     let mut failed = 0;
-    for (h, stats) in handles {
-        let Ok((spec, r)) = h.join() else {
-            failed += 1;
-            eprintln!("gammaray: a VM thread panicked");
-            continue;
-        };
-        let name = spec.name();
+    for (name, stats, r) in outcomes {
         if let Err(e) = r {
             failed += 1;
-            eprintln!("gammaray: vm {name}: {e:#}");
+            eprintln!("gammaray: vm {name}: {e}");
         }
         eprintln!(
             "gammaray: vm {}: {} requests ({} bytes) captured, {} inferred, {} events; undo log holds {} pages",

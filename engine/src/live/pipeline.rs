@@ -51,6 +51,7 @@ impl Throttle {
     }
 
     /// Whether data is being dropped.
+    #[cfg(test)]
     pub fn on(&self) -> bool {
         self.on
     }
@@ -99,6 +100,10 @@ pub struct VmStats {
     pub queued_bytes: AtomicU64,
     /// Times the data-drop policy switched on.
     pub drop_episodes: AtomicU64,
+    /// Requests captured per second, over the last second.
+    pub write_rate: AtomicU64,
+    /// Set when the VM's inference has finished.
+    pub ended: std::sync::atomic::AtomicBool,
     /// Bytes of data writes handled while dropping.
     pub dropped_bytes: AtomicU64,
     /// The inferences' counters, `(partition, name, value)`, refreshed as
@@ -163,7 +168,7 @@ pub struct Pipeline {
     vm: Arc<str>,
     host: Arc<str>,
     cfg: InferConfig,
-    throttle: Throttle,
+    dropping: bool,
     out: Arc<dyn Output>,
     stats: Arc<VmStats>,
     events: Vec<FileEvent>,
@@ -181,7 +186,7 @@ impl Pipeline {
             vm: vm.into(),
             host: ctx.host.as_str().into(),
             cfg: ctx.infer,
-            throttle: Throttle::new(ctx.drop_policy),
+            dropping: false,
             out: ctx.out.clone(),
             stats: ctx.stats.clone(),
             state_dir: ctx.state_dir.clone(),
@@ -192,31 +197,25 @@ impl Pipeline {
         }
     }
 
+    /// Switches data drop on or off for the writes that follow.
+    pub fn set_data_drop(&mut self, on: bool) {
+        self.dropping = on;
+        for f in self.followers.iter_mut() {
+            f.inference.set_data_drop(on);
+        }
+    }
+
     /// Follows request `w`, which arrived at `arrived`; `view` reads the
     /// disk as it was before `w`.
     pub fn write(&mut self, view: &dyn BlockDevice, w: &DiskWrite, arrived: Instant) -> Result<()> {
         let stats = self.stats.clone();
-        // The throttler: data drop on above the high water mark, off below
-        // the low one.
-        let queued = stats.queued_bytes.load(Ordering::Relaxed);
-        if let Some(on) = self.throttle.update(queued) {
-            if on {
-                stats.drop_episodes.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(vm = %self.vm, queued, "queue above its high water mark: data drop on");
-            } else {
-                tracing::info!(vm = %self.vm, queued, "queue below its low water mark: data drop off");
-            }
-            for f in self.followers.iter_mut() {
-                f.inference.set_data_drop(on);
-            }
-        }
-        if self.throttle.on() {
+        if self.dropping {
             stats
                 .dropped_bytes
                 .fetch_add(w.data.len() as u64, Ordering::Relaxed);
         }
         self.nth += 1;
-        let (nth, fault_at, on) = (self.nth, self.fault_at, self.throttle.on());
+        let (nth, fault_at, on) = (self.nth, self.fault_at, self.dropping);
         for f in self.followers.iter_mut() {
             let Some(clipped) = for_partition(w, f) else {
                 continue;
@@ -304,6 +303,7 @@ impl Pipeline {
         self.emit();
         self.out.flush();
         publish_counters(&self.followers, &self.stats);
+        self.stats.ended.store(true, Ordering::Relaxed);
         if let Some(dir) = &self.state_dir {
             let path = dir.join(format!("{}.jsonl", self.vm));
             self.write_state(view, &path)
@@ -346,53 +346,6 @@ impl Pipeline {
             .emit(&self.host, &self.vm, &mut self.seq, &mut self.events);
         true
     }
-}
-
-/// What [`follow_queue`] did.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Followed {
-    /// Writes followed.
-    pub writes: u64,
-}
-
-/// The inferencer's loop: takes batches from `queue` until it closes and
-/// follows each write through `pipe`, with `view` reading the disk as it
-/// was before the write; `applied(w)` is then called, for the source to
-/// move `view` past `w`. With nothing queued for `idle`, time passes for
-/// the inference (held writes expire). `backlog(n)` is called with the
-/// number of writes followed after each batch.
-pub fn follow_queue(
-    queue: &super::queue::WriteQueue,
-    pipe: &mut Pipeline,
-    view: &dyn BlockDevice,
-    idle: std::time::Duration,
-    mut applied: impl FnMut(&DiskWrite) -> Result<()>,
-    mut progress: impl FnMut(u64),
-) -> Result<Followed> {
-    use super::queue::Taken;
-    let mut batch = Vec::new();
-    let mut done = Followed::default();
-    let mut run = || -> Result<()> {
-        loop {
-            match queue.take(&mut batch, idle) {
-                Taken::Writes => {
-                    for (arrived, w) in batch.drain(..) {
-                        pipe.write(view, &w, arrived)?;
-                        applied(&w)?;
-                        queue.done(w.data.len() as u64);
-                        done.writes += 1;
-                    }
-                    progress(done.writes);
-                }
-                Taken::Idle => pipe.idle(view, wall_ns())?,
-                Taken::Closed => return pipe.finish(view),
-            }
-        }
-    };
-    let r = run();
-    // On an error, the capture side must not wait for space forever.
-    queue.close();
-    r.map(|()| done)
 }
 
 #[cfg(test)]

@@ -10,10 +10,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use gammaray_core::{FileDevice, OverlayDevice};
+use gammaray_core::{BlockDevice, DiskWrite, FileDevice, OverlayDevice};
 use gammaray_qemu::dmlog::{ReadOptions, TraceReader};
 
-use super::pipeline::{Pipeline, VmContext};
+use super::inferencer::DiskView;
+use super::pipeline::Pipeline;
+use super::supervisor::{Ready, SourceKit};
 use crate::crawl::Warnings;
 use crate::follow::start_followers;
 
@@ -31,10 +33,11 @@ pub struct ReplaySpec {
     pub pace: bool,
 }
 
-/// Follows `spec.log` over `spec.disk` into `out`, until the trace ends or
-/// `stop` is set.
-pub fn replay_vm(spec: &ReplaySpec, ctx: &VmContext) -> Result<()> {
-    let (cfg, stats, stop) = (&ctx.infer, ctx.stats.clone(), &ctx.stop);
+/// Reads `spec.log` into `kit.tx` until the trace ends or the VM's stop
+/// flag is set; inference follows it over `spec.disk` (never written: the
+/// trace's writes go to an in-memory overlay).
+pub fn run(spec: &ReplaySpec, kit: SourceKit) -> Result<()> {
+    let SourceKit { ctx, tx, ready } = kit;
     let base = FileDevice::open(&spec.disk)
         .with_context(|| format!("vm {}: opening disk {}", spec.vm, spec.disk.display()))?;
     let trace = File::open(&spec.log)
@@ -48,7 +51,7 @@ pub fn replay_vm(spec: &ReplaySpec, ctx: &VmContext) -> Result<()> {
     )
     .with_context(|| format!("vm {}: reading trace {}", spec.vm, spec.log.display()))?;
     let mut warnings = Warnings::default();
-    let followers = match start_followers(&base, &spec.disk, cfg, &mut warnings)? {
+    let followers = match start_followers(&base, &spec.disk, &ctx.infer, &mut warnings)? {
         Ok(f) => f,
         Err(why) => bail!(
             "vm {}: nothing to follow on {}: {why}",
@@ -56,12 +59,14 @@ pub fn replay_vm(spec: &ReplaySpec, ctx: &VmContext) -> Result<()> {
             spec.disk.display()
         ),
     };
-    let mut overlay = OverlayDevice::new(Box::new(base));
-    let mut pipe = Pipeline::new(followers, &spec.vm, ctx);
+    ready.do_send(Ready {
+        pipe: Pipeline::new(followers, &spec.vm, &ctx),
+        disk: Box::new(OverlayDisk(OverlayDevice::new(Box::new(base)))),
+    });
     let started = Instant::now();
     let mut first_ts: Option<u64> = None;
     for item in reader {
-        if stop.load(Ordering::Relaxed) {
+        if ctx.stop.load(Ordering::Relaxed) {
             break;
         }
         let entry = match item {
@@ -79,13 +84,28 @@ pub fn replay_vm(spec: &ReplaySpec, ctx: &VmContext) -> Result<()> {
                 std::thread::sleep(wait);
             }
         }
-        stats.writes.fetch_add(1, Ordering::Relaxed);
-        stats.bytes.fetch_add(w.len, Ordering::Relaxed);
-        stats
-            .queued_bytes
-            .fetch_add(w.data.len() as u64, Ordering::Relaxed);
-        pipe.write(&overlay, &w, Instant::now())?;
-        overlay.apply(&w);
+        if tx.blocking_send(w).is_err() {
+            break;
+        }
     }
-    pipe.finish(&overlay)
+    Ok(())
+}
+
+/// The trace's base image with the writes followed so far laid over it.
+struct OverlayDisk(OverlayDevice);
+
+impl DiskView for OverlayDisk {
+    fn follow(
+        &mut self,
+        w: &DiskWrite,
+        f: &mut dyn FnMut(&dyn BlockDevice) -> Result<()>,
+    ) -> Result<()> {
+        f(&self.0)?;
+        self.0.apply(w);
+        Ok(())
+    }
+
+    fn current(&mut self, f: &mut dyn FnMut(&dyn BlockDevice) -> Result<()>) -> Result<()> {
+        f(&self.0)
+    }
 }

@@ -1,7 +1,7 @@
-//! One VM whose disk gammaray serves over NBD: the capture side (an NBD
-//! server that applies the guest's writes to the image at once) and the
-//! inference side (a thread that follows them through an [`UndoLog`], so
-//! that it sees the disk as it was before each write).
+//! A VM whose disk gammaray serves over NBD (a `serve` source): an NBD
+//! server that applies the guest's writes to the image at once and hands
+//! them to the queuer; inference reads the image through an [`UndoLog`],
+//! so that it sees the disk as it was before each write.
 
 use std::fs::OpenOptions;
 use std::path::PathBuf;
@@ -10,21 +10,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use gammaray_core::DiskWrite;
+use gammaray_core::{BlockDevice, DiskWrite};
 use gammaray_qemu::nbd::{Export, ImageExport, Listener, NbdServer, ServeUntil};
-use tokio::sync::{mpsc, watch};
+use tokio::runtime::Runtime;
+use tokio::sync::watch;
 
-use super::pipeline::{follow_queue, Pipeline, VmContext};
-use super::queue::{spawn_queuer, WriteQueue};
+use super::inferencer::DiskView;
+use super::pipeline::{Pipeline, VmStats};
+use super::supervisor::{Ready, SourceKit};
 use super::undo::UndoLog;
 use crate::crawl::Warnings;
 use crate::follow::start_followers;
-
-/// Requests in flight between the NBD server and the queuer.
-pub const CAPTURE_REQUESTS: usize = 64;
-
-/// With nothing queued, inference lets time pass this often.
-pub const IDLE_TICK_MS: u64 = 500;
 
 /// What to serve.
 #[derive(Debug, Clone)]
@@ -38,9 +34,10 @@ pub struct ServeSpec {
 }
 
 /// Serves `spec.disk` on `spec.socket` until the guest disconnects (after
-/// having connected) or `stop` is set, following its writes into `out`.
-pub fn serve_vm(spec: &ServeSpec, ctx: &VmContext) -> Result<()> {
-    let (cfg, stats) = (&ctx.infer, ctx.stats.clone());
+/// having connected) or the VM's stop flag is set; the disk is crawled
+/// first, and the guest's writes go to `kit.tx`.
+pub fn run(spec: &ServeSpec, kit: SourceKit, rt: &Runtime) -> Result<()> {
+    let SourceKit { ctx, tx, ready } = kit;
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -50,7 +47,7 @@ pub fn serve_vm(spec: &ServeSpec, ctx: &VmContext) -> Result<()> {
     // Crawl before the guest can write: the disk is quiet now.
     let t0 = Instant::now();
     let mut warnings = Warnings::default();
-    let followers = start_followers(&undo.view(), &spec.disk, cfg, &mut warnings)?;
+    let followers = start_followers(&undo.view(), &spec.disk, &ctx.infer, &mut warnings)?;
     let followers = match followers {
         Ok(f) => f,
         Err(why) => bail!(
@@ -67,63 +64,64 @@ pub fn serve_vm(spec: &ServeSpec, ctx: &VmContext) -> Result<()> {
         spec.disk.display(),
         spec.socket.display()
     );
+    ready.do_send(Ready {
+        pipe: Pipeline::new(followers, &spec.vm, &ctx),
+        disk: Box::new(UndoDisk {
+            undo: undo.clone(),
+            stats: ctx.stats.clone(),
+        }),
+    });
 
-    let queue = Arc::new(WriteQueue::new(ctx.queue_bytes));
-    let (wtx, wrx) = mpsc::channel::<DiskWrite>(CAPTURE_REQUESTS);
-    let export = Export::Image(ImageExport::with_guard(file, wtx, undo.clone())?);
+    let export = Export::Image(ImageExport::with_guard(file, tx, undo)?);
     let server = NbdServer::new(Arc::new(export), "");
     let (sd_tx, sd_rx) = watch::channel(false);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     // Sockets belong to the runtime.
     let enter = rt.enter();
     let listener = Listener::bind_unix(&spec.socket)
         .with_context(|| format!("vm {}: listening on {}", spec.vm, spec.socket.display()))?;
     drop(enter);
-    let queuer = spawn_queuer(&spec.vm, wrx, queue.clone(), stats.clone())?;
-    let stop_watch = ctx.stop.clone();
+    let stop = ctx.stop.clone();
     rt.spawn(async move {
-        while !stop_watch.load(Ordering::Relaxed) {
+        while !stop.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let _ = sd_tx.send(true);
     });
     let socket = spec.socket.clone();
-    let serving = rt.spawn(async move {
+    let served = rt.block_on(async move {
         let r = server
             .serve(listener, ServeUntil::LastClientGone, sd_rx)
             .await;
         let _ = std::fs::remove_file(&socket);
         r
     });
+    served
+        .map(|_| ())
+        .with_context(|| format!("vm {}: NBD server", spec.vm))
+}
 
-    // Inference, on this thread.
-    let view = undo.view();
-    let mut pipe = Pipeline::new(followers, &spec.vm, ctx);
-    let followed = follow_queue(
-        &queue,
-        &mut pipe,
-        &view,
-        Duration::from_millis(IDLE_TICK_MS),
-        |w| {
-            undo.consume(w);
-            stats
-                .undo_pages
-                .store(undo.pages() as u64, Ordering::Relaxed);
-            Ok(())
-        },
-        |_| {},
-    );
-    let _ = queuer.join();
-    tracing::info!(vm = %spec.vm, peak_queued = queue.peak(), "source ended");
-    followed?;
-    let served = rt.block_on(serving);
-    rt.shutdown_timeout(Duration::from_secs(1));
-    match served {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e).with_context(|| format!("vm {}: NBD server", spec.vm)),
-        Err(e) => bail!("vm {}: NBD server task: {e}", spec.vm),
+/// The served image as it was before the write being inferred: the image
+/// with the pages that queued writes changed put back (the undo log).
+struct UndoDisk {
+    undo: Arc<UndoLog>,
+    stats: Arc<VmStats>,
+}
+
+impl DiskView for UndoDisk {
+    fn follow(
+        &mut self,
+        w: &DiskWrite,
+        f: &mut dyn FnMut(&dyn BlockDevice) -> Result<()>,
+    ) -> Result<()> {
+        f(&self.undo.view())?;
+        self.undo.consume(w);
+        self.stats
+            .undo_pages
+            .store(self.undo.pages() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn current(&mut self, f: &mut dyn FnMut(&dyn BlockDevice) -> Result<()>) -> Result<()> {
+        f(&self.undo.view())
     }
 }
