@@ -143,8 +143,10 @@ pub struct Policy {
     /// Byte limit of a VM's write queue (default 250 MiB).
     #[serde(deserialize_with = "crate::size::deserialize")]
     pub queue_bytes: u64,
-    /// A queued batch is handed to inference after this long at the latest
-    /// (default 5000 ms).
+    /// While writes flow, sinks are flushed (events made durable) at least
+    /// this often (default 5000 ms); they are also flushed whenever the VM
+    /// is idle. Writes never wait for it: the queue hands its whole batch
+    /// to inference as soon as inference is free.
     pub flush_timeout_ms: u64,
     /// Writes to not-yet-owned blocks are held this long (default 30000 ms).
     pub unknown_ttl_ms: u64,

@@ -63,6 +63,9 @@ enum Cmd {
         /// file (for example `gammaray run --serve DISK --socket SOCK`).
         #[arg(long, conflicts_with = "disk")]
         nbd: Option<PathBuf>,
+        /// Open QEMU's QMP server on this unix socket (for live attach).
+        #[arg(long)]
+        qmp: Option<PathBuf>,
         /// Kill QEMU after this many seconds.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
@@ -149,6 +152,7 @@ fn main() -> anyhow::Result<()> {
             dir,
             disk,
             nbd,
+            qmp,
             timeout,
         } => {
             std::fs::create_dir_all(&dir)?;
@@ -165,6 +169,7 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("reading {}", script.display()))?;
             let mut spec = RunSpec::new(&dir, text, fs, drive);
             spec.timeout = std::time::Duration::from_secs(timeout);
+            spec.qmp = qmp;
             let out = Guest::new()?.run(&spec)?;
             write_truth(&dir, &out.truth)?;
             for op in &out.truth.ops {

@@ -184,6 +184,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
                 infer: icfg,
                 drop_policy,
                 queue_bytes: cfg.policy.queue_bytes,
+                flush_every: Duration::from_millis(cfg.policy.flush_timeout_ms),
                 out: out.clone(),
                 stop: vm_stop,
                 stats: stats.clone(),

@@ -152,6 +152,8 @@ pub struct VmContext {
     pub drop_policy: DropPolicy,
     /// The write queue's byte limit.
     pub queue_bytes: u64,
+    /// Sinks are flushed at least this often while writes flow.
+    pub flush_every: std::time::Duration,
     /// Where events go.
     pub out: Arc<dyn Output>,
     /// Set to stop.
@@ -173,6 +175,8 @@ pub struct Pipeline {
     stats: Arc<VmStats>,
     events: Vec<FileEvent>,
     state_dir: Option<std::path::PathBuf>,
+    flush_every: std::time::Duration,
+    flushed: Instant,
     seq: u64,
     nth: u64,
     fault_at: Option<u64>,
@@ -190,6 +194,8 @@ impl Pipeline {
             out: ctx.out.clone(),
             stats: ctx.stats.clone(),
             state_dir: ctx.state_dir.clone(),
+            flush_every: ctx.flush_every,
+            flushed: Instant::now(),
             events: Vec::new(),
             seq: 0,
             nth: 0,
@@ -263,6 +269,10 @@ impl Pipeline {
         stats
             .lag_ns
             .store(arrived.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        if self.flushed.elapsed() >= self.flush_every {
+            self.out.flush();
+            self.flushed = Instant::now();
+        }
         if self.emit() {
             let us = u32::try_from(arrived.elapsed().as_micros()).unwrap_or(u32::MAX);
             let mut lat = stats
@@ -281,6 +291,7 @@ impl Pipeline {
     pub fn idle(&mut self, view: &dyn BlockDevice, now_ns: u64) -> Result<()> {
         publish_counters(&self.followers, &self.stats);
         self.out.flush();
+        self.flushed = Instant::now();
         for f in self.followers.iter_mut() {
             let dev = SliceDevice::new(view, f.start, f.len)?;
             let from = self.events.len();
