@@ -15,10 +15,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{check_ops, crawl_listing, gammaray, in_temp_dir, show, verdict};
+use common::engine::Engine;
+use common::{check_ops, crawl_listing, in_temp_dir, show, verdict};
 use gammaray_testbed::{
     disk, expect, guest_available, listing, Drive, FsKind, Guest, Pacer, RunSpec, DISK_NODE,
 };
@@ -63,59 +63,6 @@ op_symlink hello2 /b/link
 /// guest writes (and overwrites regions not yet copied) all along.
 const COPY_RATE: &str = "16MiB";
 
-struct Engine {
-    child: Child,
-    stderr: std::path::PathBuf,
-}
-
-impl Engine {
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// Waits until stderr contains `what` (the engine still running).
-    fn wait_for(&mut self, what: &str, timeout: Duration) -> Result<String, String> {
-        let t0 = Instant::now();
-        loop {
-            let err = self.stderr();
-            if err.contains(what) {
-                return Ok(err);
-            }
-            if self.child.try_wait().ok().flatten().is_some() || t0.elapsed() > timeout {
-                let _ = self.child.kill();
-                return Err(format!("gammaray run never said {what:?}:\n{err}"));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGTERM, then waits (at most 120 s) for a clean exit.
-    fn stop(mut self) -> Result<String, String> {
-        // SAFETY-free: kill(1) sends the signal.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let t0 = Instant::now();
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(s)) => break Some(s),
-                _ if t0.elapsed() > Duration::from_secs(120) => {
-                    let _ = self.child.kill();
-                    break None;
-                }
-                _ => std::thread::sleep(Duration::from_millis(50)),
-            }
-        };
-        let err = self.stderr();
-        eprintln!("gammaray run: {err}");
-        match status {
-            Some(s) if s.success() => Ok(err),
-            other => Err(format!("gammaray run ended with {other:?}: {err}")),
-        }
-    }
-}
-
 /// The number after `prefix` in `text`.
 fn number_after(text: &str, prefix: &str) -> Option<f64> {
     let rest = &text[text.find(prefix)? + prefix.len()..];
@@ -155,22 +102,20 @@ fn attach_during_writes(via: &str, dir: &Path) -> Result<(), String> {
             ),
         )
         .map_err(|e| e.to_string())?;
-        let stderr = dir.join("run.stderr");
-        let child = Command::new(gammaray())
-            .arg("run")
-            .arg("-c")
-            .arg(&cfg)
-            .arg("--events")
-            .arg(&events)
-            .arg("--state-dir")
-            .arg(&state_dir)
-            .arg("--for")
-            .arg("600")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).map_err(|e| e.to_string())?)
-            .spawn()
-            .map_err(|e| format!("starting gammaray run: {e}"))?;
-        let mut engine = Engine { child, stderr };
+        let mut engine = Engine::start(
+            dir,
+            &[],
+            &[
+                "-c".as_ref(),
+                cfg.as_os_str(),
+                "--events".as_ref(),
+                events.as_os_str(),
+                "--state-dir".as_ref(),
+                state_dir.as_os_str(),
+                "--for".as_ref(),
+                "600".as_ref(),
+            ],
+        )?;
         engine.wait_for("caught up", step)?;
         // Let the guest go on: more background writes followed live, then
         // the checked operations; it stops at `done` after unmounting.

@@ -4,101 +4,15 @@
 
 mod common;
 
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::engine::Engine;
 use common::{check_ops, crawl_listing, gammaray, in_temp_dir, show, verdict, workload_recording};
 use gammaray_testbed::{
     disk, expect, guest_available, listing, Drive, FsKind, Guest, RunSpec, Workload,
 };
-
-/// A `gammaray run` process; its stderr goes to `DIR/run.stderr`.
-struct Engine {
-    child: Child,
-    stderr: PathBuf,
-}
-
-impl Engine {
-    /// Starts `gammaray run ARGS…` with `env`.
-    fn start(dir: &Path, env: &[(&str, &str)], args: &[&OsStr]) -> Result<Engine, String> {
-        let stderr = dir.join("run.stderr");
-        let file = std::fs::File::create(&stderr).map_err(|e| e.to_string())?;
-        let child = Command::new(gammaray())
-            .envs(env.iter().copied())
-            .arg("run")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .map_err(|e| format!("starting gammaray run: {e}"))?;
-        Ok(Engine { child, stderr })
-    }
-
-    /// Starts `gammaray run --for 300 -c DIR/gammaray.toml` with `toml`
-    /// written there.
-    fn with_config(dir: &Path, toml: &str) -> Result<Engine, String> {
-        let cfg = dir.join("gammaray.toml");
-        std::fs::write(&cfg, toml).map_err(|e| e.to_string())?;
-        Engine::start(
-            dir,
-            &[],
-            &[
-                "--for".as_ref(),
-                "300".as_ref(),
-                "-c".as_ref(),
-                cfg.as_os_str(),
-            ],
-        )
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// Waits (at most 60 s) until every socket in `socks` is served.
-    fn wait_serving(&mut self, socks: &[PathBuf]) -> Result<(), String> {
-        let t0 = Instant::now();
-        for sock in socks {
-            while !sock.exists() {
-                let exited = self.child.try_wait().ok().flatten().is_some();
-                if exited || t0.elapsed() > Duration::from_secs(60) {
-                    let _ = self.child.kill();
-                    return Err(format!(
-                        "gammaray run did not serve {}: {}",
-                        sock.display(),
-                        self.stderr()
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        Ok(())
-    }
-
-    /// The guests are gone: the engine follows the last writes and exits
-    /// (killed after 60 s). Its stderr, if it exited successfully.
-    fn finish(mut self) -> Result<String, String> {
-        let t0 = Instant::now();
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(s)) => break Some(s),
-                _ if t0.elapsed() > Duration::from_secs(60) => {
-                    let _ = self.child.kill();
-                    break None;
-                }
-                _ => std::thread::sleep(Duration::from_millis(50)),
-            }
-        };
-        let err = self.stderr();
-        eprintln!("gammaray run: {err}");
-        match status {
-            Some(s) if s.success() => Ok(err),
-            other => Err(format!("gammaray run ended with {other:?}: {err}")),
-        }
-    }
-}
 
 /// Serves a fresh disk with `gammaray run`, boots the guest on it with
 /// `workload`, and checks the live events.

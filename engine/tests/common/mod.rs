@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // each test crate uses a different part
 
+pub mod engine;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
