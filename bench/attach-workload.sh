@@ -1,10 +1,9 @@
 # Guest workload for bench/attach.sh: writes continuously (log appends,
-# small files rewritten and deleted, a sync every tenth step) until
-# /tmp/stop appears or 90 s pass; gammaray attaches meanwhile.
+# small files rewritten and deleted, a sync every tenth step) for 40 s; gammaray attaches meanwhile.
 mkdir -p bench
 i=0
-end=$(( $(date +%s) + 90 ))
-while [ ! -e /tmp/stop ] && [ "$(date +%s)" -lt "$end" ]; do
+end=$(( $(date +%s) + 40 ))
+while [ "$(date +%s)" -lt "$end" ]; do
   i=$((i + 1))
   echo "line $i: the quick brown fox jumps over the lazy dog" >> bench/app.log
   case $((i % 10)) in
