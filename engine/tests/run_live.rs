@@ -101,6 +101,69 @@ fn live_inference_restarted_after_a_failure() {
     }
 }
 
+/// A VM that fails (its disk holds no file system) is reported, and the
+/// other VM of the same engine is followed to the end as if alone.
+#[test]
+fn live_a_failing_vm_does_not_stop_the_others() {
+    if !guest_available("live_a_failing_vm_does_not_stop_the_others") {
+        return;
+    }
+    in_temp_dir("live-one-fails", |dir| {
+        let img = dir.join("web.img");
+        disk::make_base_image(FsKind::Ext4, &img, disk::DEFAULT_DISK_MIB)
+            .map_err(|e| e.to_string())?;
+        let initial = crawl_listing(&img, dir, "initial", false)?;
+        let blank = dir.join("blank.img");
+        std::fs::File::create(&blank)
+            .and_then(|f| f.set_len(16 << 20))
+            .map_err(|e| e.to_string())?;
+        let events = dir.join("web.jsonl");
+        let mut cfg = String::from("host = \"h\"\n[metrics]\nenabled = false\n");
+        for (name, disk) in [("web", &img), ("blank", &blank)] {
+            cfg.push_str(&format!(
+                "[[vm]]\nname = \"{name}\"\ndisk = \"{}\"\nsource = {{ type = \"serve\", socket = \"{}\" }}\n",
+                disk.display(),
+                dir.join(format!("{name}.sock")).display()
+            ));
+        }
+        cfg.push_str(&format!(
+            "[sinks.f]\ntype = \"file\"\npath = \"{}\"\n[[route]]\nchannel = \"*:*:/**\"\nsinks = [\"f\"]\n",
+            events.display()
+        ));
+        let mut engine = Engine::with_config(dir, &cfg)?;
+        engine.wait_serving(&[dir.join("web.sock")])?;
+        let guest = Guest::new().map_err(|e| e.to_string())?;
+        let spec = RunSpec::new(
+            dir,
+            Workload::Logs.script(),
+            FsKind::Ext4,
+            Drive::Nbd(dir.join("web.sock")),
+        );
+        let out = guest.run(&spec).map_err(|e| format!("guest: {e}"))?;
+        let (status, err) = engine.exit();
+        if status.is_none_or(|s| s.success()) {
+            return Err(format!(
+                "the engine should report the failed VM: {status:?}\n{err}"
+            ));
+        }
+        if !err.contains("vm blank: ") || !err.contains("nothing to follow") {
+            return Err(format!("the blank VM's failure is not reported:\n{err}"));
+        }
+        let text = std::fs::read_to_string(&events).map_err(|e| e.to_string())?;
+        let evs = expect::parse_events(&text)?;
+        let mut problems = Vec::new();
+        check_ops(
+            "web, beside a failing VM",
+            &out.truth.ops,
+            &evs,
+            &initial,
+            &out.truth.listing,
+            &mut problems,
+        );
+        verdict(problems)
+    });
+}
+
 #[test]
 fn live_serve_logs_ext4() {
     if guest_available("live_serve_logs_ext4") {

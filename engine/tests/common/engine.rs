@@ -72,7 +72,16 @@ impl Engine {
 
     /// The guests are gone: the engine follows the last writes and exits
     /// (killed after 60 s). Its stderr, if it exited successfully.
-    pub fn finish(mut self) -> Result<String, String> {
+    pub fn finish(self) -> Result<String, String> {
+        match self.exit() {
+            (Some(s), err) if s.success() => Ok(err),
+            (other, err) => Err(format!("gammaray run ended with {other:?}: {err}")),
+        }
+    }
+
+    /// Waits (at most 60 s) for the engine to exit: its status (`None` if
+    /// it had to be killed) and its stderr.
+    pub fn exit(mut self) -> (Option<std::process::ExitStatus>, String) {
         let t0 = Instant::now();
         let status = loop {
             match self.child.try_wait() {
@@ -86,10 +95,7 @@ impl Engine {
         };
         let err = self.stderr();
         eprintln!("gammaray run: {err}");
-        match status {
-            Some(s) if s.success() => Ok(err),
-            other => Err(format!("gammaray run ended with {other:?}: {err}")),
-        }
+        (status, err)
     }
 
     /// Waits until stderr contains `what` (the engine still running).
