@@ -62,10 +62,11 @@ use std::path::{Path, PathBuf};
 
 pub use pattern::{ChannelPattern, PatternError};
 pub use schema::{
-    default_host, AttachVia, Config, DataDrop, FileSinkConfig, LazyLoad, Metrics, Policy, Route,
-    SinkConfig, Source, StdoutSinkConfig, VmConfig,
+    default_host, AttachVia, Config, DataDrop, FileSinkConfig, LazyLoad, Metrics, Policy,
+    RedisEncoding, RedisSinkConfig, Route, SinkConfig, Source, StdoutSinkConfig, VmConfig,
+    REDIS_DEFAULT_MAX_DATA_BYTES, REDIS_DEFAULT_TIMEOUT_MS, REDIS_MAX_MAX_DATA_BYTES,
 };
-pub use validate::MAX_SINKS;
+pub use validate::{check_redis_url, MAX_SINKS, REDIS_SCHEMES};
 
 /// The environment variable prefix, including the separator.
 pub const ENV_PREFIX: &str = "GAMMARAY__";

@@ -230,6 +230,9 @@ pub enum SinkConfig {
     Stdout(StdoutSinkConfig),
     /// JSON lines appended to a file.
     File(FileSinkConfig),
+    /// Redis pub/sub ("cloud-inotify"): each event `PUBLISH`ed on its
+    /// channel `host:vm:/path`.
+    Redis(RedisSinkConfig),
 }
 
 impl SinkConfig {
@@ -238,6 +241,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(_) => "stdout",
             SinkConfig::File(_) => "file",
+            SinkConfig::Redis(_) => "redis",
         }
     }
 }
@@ -253,6 +257,84 @@ pub struct StdoutSinkConfig {}
 pub struct FileSinkConfig {
     /// The file; created if missing, its directory must exist.
     pub path: PathBuf,
+}
+
+/// The default [`RedisSinkConfig::max_data_bytes`]: 512 KiB.
+pub const REDIS_DEFAULT_MAX_DATA_BYTES: u64 = 512 << 10;
+/// The largest [`RedisSinkConfig::max_data_bytes`]: 256 MiB (Redis refuses
+/// bulk strings above 512 MB, and a subscriber's output buffer limit is far
+/// lower).
+pub const REDIS_MAX_MAX_DATA_BYTES: u64 = 256 << 20;
+/// The default [`RedisSinkConfig::timeout_ms`].
+pub const REDIS_DEFAULT_TIMEOUT_MS: u64 = 2000;
+
+/// `type = "redis"`: cloud-inotify over Redis pub/sub. Each event is
+/// published with `PUBLISH [channel_prefix]host:vm:/path PAYLOAD`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSinkConfig {
+    /// The server: `redis://HOST[:PORT][/DB]` (port 6379 and database 0 by
+    /// default) or a unix socket, `unix:///PATH[?db=N]`.
+    pub url: String,
+    /// ACL user name (Redis 6+); needs `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Password (of `username`, or of the `default` user). Prefer setting
+    /// it from the environment: `GAMMARAY__SINKS__NAME__PASSWORD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// The payload: `bson` (default; data as BSON binary) or `json`
+    /// (DESIGN.md's JSON line, data in base64).
+    #[serde(default)]
+    pub encoding: RedisEncoding,
+    /// An event carrying more data bytes than this is published as several
+    /// messages, each with a piece of the data and its own `offset`/`len`
+    /// (default 512 KiB; at most 256 MiB).
+    #[serde(
+        default = "default_redis_max_data",
+        deserialize_with = "crate::size::deserialize"
+    )]
+    pub max_data_bytes: u64,
+    /// Prepended to every channel (default none): `prefix` + `host:vm:/path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_prefix: Option<String>,
+    /// Connect and response timeout, in milliseconds (default 2000).
+    #[serde(default = "default_redis_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_redis_max_data() -> u64 {
+    REDIS_DEFAULT_MAX_DATA_BYTES
+}
+
+fn default_redis_timeout() -> u64 {
+    REDIS_DEFAULT_TIMEOUT_MS
+}
+
+impl RedisSinkConfig {
+    /// A configuration with every default and the server at `url`.
+    pub fn new(url: impl Into<String>) -> RedisSinkConfig {
+        RedisSinkConfig {
+            url: url.into(),
+            username: None,
+            password: None,
+            encoding: RedisEncoding::default(),
+            max_data_bytes: REDIS_DEFAULT_MAX_DATA_BYTES,
+            channel_prefix: None,
+            timeout_ms: REDIS_DEFAULT_TIMEOUT_MS,
+        }
+    }
+}
+
+/// How a Redis sink encodes events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisEncoding {
+    /// A BSON document with the JSON's fields; data as BSON binary.
+    #[default]
+    Bson,
+    /// DESIGN.md's JSON line (data as `data_b64`).
+    Json,
 }
 
 /// A route (`[[route]]`): events on channels matching `channel` go to

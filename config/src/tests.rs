@@ -530,3 +530,121 @@ fn missing_file_and_bad_toml() {
         "{e}"
     );
 }
+
+#[test]
+fn redis_sink_defaults_and_keys() {
+    let cfg = parse_str(
+        "[sinks.r]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379/2\"\n\
+         [[route]]\nchannel = \"*:*:/**\"\nsinks = [\"r\"]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.sinks["r"],
+        SinkConfig::Redis(RedisSinkConfig::new("redis://127.0.0.1:6379/2"))
+    );
+    assert_eq!(cfg.sinks["r"].type_name(), "redis");
+    let SinkConfig::Redis(r) = &cfg.sinks["r"] else {
+        unreachable!()
+    };
+    assert_eq!(r.encoding, RedisEncoding::Bson);
+    assert_eq!(r.max_data_bytes, 512 << 10);
+    assert_eq!(r.timeout_ms, 2000);
+    // Every key, and a round trip through to_toml.
+    let cfg = parse_str(
+        "[sinks.r]\ntype = \"redis\"\nurl = \"unix:///run/redis.sock\"\nusername = \"gammaray\"\n\
+         password = \"s3cret\"\nencoding = \"json\"\nmax_data_bytes = \"64KiB\"\n\
+         channel_prefix = \"dc1:\"\ntimeout_ms = 500\n\
+         [[route]]\nchannel = \"*:*:/**\"\nsinks = [\"r\"]\n",
+    )
+    .unwrap();
+    let SinkConfig::Redis(r) = &cfg.sinks["r"] else {
+        unreachable!()
+    };
+    assert_eq!(r.username.as_deref(), Some("gammaray"));
+    assert_eq!(r.password.as_deref(), Some("s3cret"));
+    assert_eq!(r.encoding, RedisEncoding::Json);
+    assert_eq!(r.max_data_bytes, 64 << 10);
+    assert_eq!(r.channel_prefix.as_deref(), Some("dc1:"));
+    assert_eq!(r.timeout_ms, 500);
+    assert_eq!(parse_str(&cfg.to_toml()).unwrap(), cfg);
+}
+
+#[test]
+fn redis_sink_errors_name_the_key() {
+    let sink = |body: &str| {
+        err(&format!(
+            "[sinks.r]\ntype = \"redis\"\n{body}\n[[route]]\nchannel = \"*:*:/**\"\nsinks = [\"r\"]\n"
+        ))
+    };
+    let e = sink("");
+    assert!(e.contains("sinks.r") && e.contains("url"), "{e}");
+    let e = sink("url = \"localhost:6379\"");
+    assert!(
+        e.starts_with("sinks.r.url: \"localhost:6379\" is not a URL"),
+        "{e}"
+    );
+    let e = sink("url = \"kafka://h:9092\"");
+    assert!(
+        e.starts_with("sinks.r.url:") && e.contains("unknown scheme"),
+        "{e}"
+    );
+    let e = sink("url = \"rediss://h:6380\"");
+    assert!(e.starts_with("sinks.r.url:") && e.contains("TLS"), "{e}");
+    let e = sink("url = \"redis://h:99999\"");
+    assert!(e.starts_with("sinks.r.url:") && e.contains("port"), "{e}");
+    let e = sink("url = \"redis://h:6379/x\"");
+    assert!(
+        e.starts_with("sinks.r.url:") && e.contains("database"),
+        "{e}"
+    );
+    let e = sink("url = \"redis://:6379\"");
+    assert!(
+        e.starts_with("sinks.r.url:") && e.contains("no host"),
+        "{e}"
+    );
+    let e = sink("url = \"unix://relative.sock\"");
+    assert!(
+        e.starts_with("sinks.r.url:") && e.contains("absolute"),
+        "{e}"
+    );
+    let e = sink("url = \"redis://h\"\nusername = \"u\"");
+    assert_eq!(
+        e,
+        "sinks.r.password: missing: an ACL username needs its password"
+    );
+    let e = sink("url = \"redis://u:p@h\"\npassword = \"p\"");
+    assert!(
+        e.starts_with("sinks.r.username: credentials are given both"),
+        "{e}"
+    );
+    let e = sink("url = \"redis://h\"\nmax_data_bytes = 0");
+    assert!(e.starts_with("sinks.r.max_data_bytes: 0 is outside"), "{e}");
+    let e = sink("url = \"redis://h\"\nmax_data_bytes = \"1GiB\"");
+    assert!(e.starts_with("sinks.r.max_data_bytes:"), "{e}");
+    let e = sink("url = \"redis://h\"\nencoding = \"xml\"");
+    assert!(e.contains("sinks.r") && e.contains("xml"), "{e}");
+    let e = sink("url = \"redis://h\"\ntimeout_ms = 0");
+    assert!(e.starts_with("sinks.r.timeout_ms:"), "{e}");
+    let e = sink("url = \"redis://h\"\nchannel = \"x\"");
+    assert!(e.contains("sinks.r") && e.contains("channel"), "{e}");
+    // IPv6 and databases are fine.
+    assert!(check_redis_url("redis://[::1]:6379/3").is_ok());
+    assert!(check_redis_url("redis+unix:///tmp/r.sock").is_ok());
+}
+
+#[test]
+fn redis_password_from_the_environment() {
+    let f = tmp_toml(
+        "[sinks.r]\ntype = \"redis\"\nurl = \"redis://127.0.0.1\"\nusername = \"g\"\npassword = \"x\"\n\
+         [[route]]\nchannel = \"*:*:/**\"\nsinks = [\"r\"]\n",
+    );
+    let cfg = load_with_env(
+        Some(f.path()),
+        env(&[("GAMMARAY__SINKS__R__PASSWORD", "FromEnv")]),
+    )
+    .unwrap();
+    let SinkConfig::Redis(r) = &cfg.sinks["r"] else {
+        unreachable!()
+    };
+    assert_eq!(r.password.as_deref(), Some("FromEnv"));
+}

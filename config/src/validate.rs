@@ -3,7 +3,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::{ChannelPattern, Config, ConfigError, SinkConfig, Source};
+use crate::{
+    ChannelPattern, Config, ConfigError, RedisSinkConfig, SinkConfig, Source,
+    REDIS_MAX_MAX_DATA_BYTES,
+};
 
 /// The most sinks one configuration may define (the router keeps a route's
 /// targets in a 64-bit mask).
@@ -62,6 +65,124 @@ fn parent_must_exist(key: &str, path: &Path) -> Result<(), ConfigError> {
         )),
         _ => Ok(()),
     }
+}
+
+/// The URL schemes a Redis sink accepts (TLS, `rediss://`, is not built
+/// in).
+pub const REDIS_SCHEMES: [&str; 3] = ["redis", "unix", "redis+unix"];
+
+/// Checks a Redis URL's shape without connecting: `redis://HOST[:PORT][/DB]`
+/// or `unix:///PATH`. Returns the problem, if any.
+pub fn check_redis_url(url: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!(
+            "{url:?} is not a URL (expected redis://HOST:PORT[/DB] or unix:///PATH)"
+        ));
+    };
+    match scheme {
+        "redis" => {
+            let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+                match v6.split_once(']') {
+                    Some((h, p)) => (h, p.strip_prefix(':')),
+                    None => return Err(format!("{url:?}: unclosed '[' in the host")),
+                }
+            } else {
+                match hostport.rsplit_once(':') {
+                    Some((h, p)) => (h, Some(p)),
+                    None => (hostport, None),
+                }
+            };
+            if host.is_empty() {
+                return Err(format!("{url:?} has no host"));
+            }
+            if let Some(p) = port {
+                if p.parse::<u16>().map_or(true, |p| p == 0) {
+                    return Err(format!("{url:?}: port {p:?} is not a number in 1-65535"));
+                }
+            }
+            let db = path.trim_matches('/');
+            if !db.is_empty() && db.parse::<u32>().is_err() {
+                return Err(format!(
+                    "{url:?}: the path must be a database number (redis://HOST:PORT/DB), not {db:?}"
+                ));
+            }
+            Ok(())
+        }
+        "unix" | "redis+unix" => {
+            if !rest.starts_with('/') || rest.len() < 2 {
+                return Err(format!(
+                    "{url:?}: expected an absolute socket path, unix:///PATH"
+                ));
+            }
+            Ok(())
+        }
+        "rediss" => Err(format!(
+            "{url:?}: TLS (rediss://) is not supported by this build; use redis:// on a \
+             trusted network or a unix socket"
+        )),
+        other => Err(format!(
+            "{url:?}: unknown scheme {other:?} (expected one of {})",
+            REDIS_SCHEMES.join(", ")
+        )),
+    }
+}
+
+fn check_redis(name: &str, r: &RedisSinkConfig) -> Result<(), ConfigError> {
+    let key = |k: &str| format!("sinks.{name}.{k}");
+    check_redis_url(&r.url).map_err(|m| ConfigError::invalid(key("url"), m))?;
+    let url_has_credentials = r
+        .url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split('/').next())
+        .is_some_and(|auth| auth.contains('@'))
+        || r.url.contains("user=")
+        || r.url.contains("pass=");
+    if url_has_credentials && (r.username.is_some() || r.password.is_some()) {
+        return Err(ConfigError::invalid(
+            key("username"),
+            "credentials are given both in the url and as username/password; use one",
+        ));
+    }
+    if r.username.is_some() && r.password.is_none() {
+        return Err(ConfigError::invalid(
+            key("password"),
+            "missing: an ACL username needs its password",
+        ));
+    }
+    if let Some(u) = &r.username {
+        if u.is_empty() || u.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ConfigError::invalid(
+                key("username"),
+                format!("{u:?} must be non-empty, without whitespace"),
+            ));
+        }
+    }
+    if r.max_data_bytes == 0 || r.max_data_bytes > REDIS_MAX_MAX_DATA_BYTES {
+        return Err(ConfigError::invalid(
+            key("max_data_bytes"),
+            format!(
+                "{} is outside 1..={REDIS_MAX_MAX_DATA_BYTES} (256 MiB)",
+                r.max_data_bytes
+            ),
+        ));
+    }
+    if let Some(p) = &r.channel_prefix {
+        if p.chars().any(|c| c.is_control()) {
+            return Err(ConfigError::invalid(
+                key("channel_prefix"),
+                format!("{p:?} contains control characters"),
+            ));
+        }
+    }
+    if r.timeout_ms == 0 || r.timeout_ms > 600_000 {
+        return Err(ConfigError::invalid(
+            key("timeout_ms"),
+            format!("{} is outside 1..=600000", r.timeout_ms),
+        ));
+    }
+    Ok(())
 }
 
 fn fraction(key: &str, v: f64) -> Result<(), ConfigError> {
@@ -169,6 +290,7 @@ impl Config {
             match sink {
                 SinkConfig::Stdout(_) => {}
                 SinkConfig::File(f) => parent_must_exist(&format!("sinks.{name}.path"), &f.path)?,
+                SinkConfig::Redis(r) => check_redis(name, r)?,
             }
         }
 

@@ -3,7 +3,8 @@
 //! A [`FileEvent`] is produced by a file system's inference (see
 //! [`crate::infer`]); the engine adds the VM's identity and a sequence number
 //! and hands it to sinks. [`FileEvent::to_json`] gives the JSON-lines shape
-//! of DESIGN.md.
+//! of DESIGN.md; [`FileEvent::to_bson`] the same fields as a BSON document
+//! (Redis payloads), with the data as BSON binary instead of base64.
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -160,6 +161,65 @@ impl FileEvent {
         out
     }
 
+    /// The event as a BSON document with exactly the fields and names of
+    /// [`FileEvent::to_json`], in the same order, except that the data is
+    /// `data` (BSON binary, generic subtype) instead of `data_b64`.
+    ///
+    /// Integers are BSON int64; a value above `i64::MAX` (only a hostile
+    /// guest's file size can be that large) is written as a decimal string
+    /// rather than wrapped.
+    pub fn to_bson(&self, seq: u64, host: &str, vm: &str) -> bson::Document {
+        use bson::Bson;
+        let int = |v: u64| {
+            i64::try_from(v)
+                .map(Bson::Int64)
+                .unwrap_or_else(|_| Bson::String(v.to_string()))
+        };
+        let mut d = bson::Document::new();
+        d.insert("seq", int(seq));
+        d.insert("host", host);
+        d.insert("vm", vm);
+        d.insert("part", Bson::Int64(i64::from(self.part)));
+        d.insert("path", self.path.as_str());
+        if let Some(old) = &self.old_path {
+            d.insert("old_path", old.as_str());
+        }
+        d.insert("event", self.kind.as_str());
+        d.insert("type", self.ftype.as_str());
+        d.insert("inode", int(self.inode));
+        for (key, v) in [
+            ("size", self.size),
+            ("offset", self.offset),
+            ("len", self.len),
+        ] {
+            if let Some(v) = v {
+                d.insert(key, int(v));
+            }
+        }
+        if !self.changed.is_empty() {
+            d.insert(
+                "changed",
+                self.changed
+                    .iter()
+                    .map(|c| Bson::String((*c).to_string()))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        if let Some(r) = self.reason {
+            d.insert("reason", r.as_str());
+        }
+        if let Some(data) = &self.data {
+            d.insert(
+                "data",
+                bson::Binary {
+                    subtype: bson::spec::BinarySubtype::Generic,
+                    bytes: data.to_vec(),
+                },
+            );
+        }
+        d
+    }
+
     /// The channel this event is published on: `host:vm:/path`.
     pub fn channel(&self, host: &str, vm: &str) -> String {
         format!("{host}:{vm}:{}", self.path)
@@ -215,5 +275,35 @@ mod tests {
         assert_eq!(v["data_b64"], "YWJj");
         assert!(v.get("old_path").is_none());
         assert!(v.get("changed").is_none());
+    }
+
+    #[test]
+    fn bson_has_the_json_fields_and_binary_data() {
+        let mut e = FileEvent::new(
+            2,
+            EventKind::Attrib,
+            "/etc/passwd".into(),
+            FileType::File,
+            14,
+        );
+        e.changed = vec!["mode", "uid"];
+        e.size = Some(u64::MAX);
+        let d = e.to_bson(9, "h", "v");
+        let keys: Vec<&str> = d.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            ["seq", "host", "vm", "part", "path", "event", "type", "inode", "size", "changed"]
+        );
+        assert_eq!(d.get_i64("seq").unwrap(), 9);
+        assert_eq!(d.get_i64("part").unwrap(), 2);
+        assert_eq!(d.get_str("event").unwrap(), "attrib");
+        assert_eq!(d.get_str("size").unwrap(), u64::MAX.to_string());
+        let mut m = FileEvent::new(1, EventKind::Modify, "/f".into(), FileType::File, 12);
+        m.offset = Some(3);
+        m.len = Some(3);
+        m.data = Some(Bytes::from_static(b"a\0c"));
+        let d = m.to_bson(1, "h", "v");
+        assert_eq!(d.get_binary_generic("data").unwrap(), b"a\0c");
+        assert!(d.get("data_b64").is_none());
     }
 }

@@ -7,8 +7,11 @@
 //! from `[sinks.NAME]` tables by [`build`], the one registry of sink types.
 //!
 //! Sink types now: `stdout` and `file` (JSON lines in DESIGN.md's event
-//! shape, one module each). Redis pub/sub and Kafka (issue 6) will be one
-//! module, one [`SinkConfig`] variant and one arm in [`build`] each.
+//! shape, one module each) and `redis` (cloud-inotify: pub/sub on channels
+//! `host:vm:/path`, BSON or JSON payloads; [`redis`]). Kafka (issue 6) will
+//! be one module, one [`SinkConfig`] variant and one arm in [`build`].
+//! [`from_url`] turns the `--sink URL` of `gammaray replay` into a sink
+//! configuration by scheme.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -46,6 +49,7 @@
 #![forbid(unsafe_code)]
 
 pub mod file;
+pub mod redis;
 pub mod router;
 pub mod stdout;
 
@@ -181,7 +185,69 @@ pub fn build(name: &str, cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match cfg {
         SinkConfig::Stdout(c) => Box::new(stdout::StdoutSink::new(name, c)),
         SinkConfig::File(c) => Box::new(file::FileSink::new(name, c)?),
+        SinkConfig::Redis(c) => Box::new(redis::RedisSink::new(name, c)?),
     })
+}
+
+/// Why a `--sink URL` is not usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkUrlError {
+    /// The scheme names no sink type.
+    #[error("{url:?}: unknown scheme (expected redis://HOST:PORT, unix:///SOCKET, file:PATH)")]
+    UnknownScheme {
+        /// The URL.
+        url: String,
+    },
+    /// A known type that this build does not have yet.
+    #[error("{url:?}: {kind} sinks are not supported yet")]
+    Unsupported {
+        /// The URL.
+        url: String,
+        /// The sink type.
+        kind: &'static str,
+    },
+    /// The URL's scheme is right but the rest is not.
+    #[error("{message}")]
+    Invalid {
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A sink configuration from a URL (`--sink URL`): `redis://HOST:PORT[/DB]`
+/// or `unix:///SOCKET` (Redis, every other key at its default), `file:PATH`
+/// (JSON lines). The scheme picks the type; `kafka://HOST:PORT/TOPIC` is
+/// recognised and reported as not supported yet.
+pub fn from_url(url: &str) -> Result<SinkConfig, SinkUrlError> {
+    let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or("");
+    match scheme {
+        s if gammaray_config::REDIS_SCHEMES.contains(&s) || s == "rediss" => {
+            gammaray_config::check_redis_url(url)
+                .map_err(|message| SinkUrlError::Invalid { message })?;
+            Ok(SinkConfig::Redis(gammaray_config::RedisSinkConfig::new(
+                url,
+            )))
+        }
+        "file" => {
+            let path = url.trim_start_matches("file:").trim_start_matches("//");
+            if path.is_empty() {
+                return Err(SinkUrlError::Invalid {
+                    message: format!("{url:?}: no path (expected file:PATH)"),
+                });
+            }
+            Ok(SinkConfig::File(gammaray_config::FileSinkConfig {
+                path: path.into(),
+            }))
+        }
+        "kafka" => Err(SinkUrlError::Unsupported {
+            url: url.to_string(),
+            kind: "Kafka",
+        }),
+        _ => Err(SinkUrlError::UnknownScheme {
+            url: url.to_string(),
+        }),
+    }
 }
 
 /// Appends a batch as JSON lines to `buf`.
@@ -322,6 +388,39 @@ mod tests {
             text.push('\n');
         }
         test_events::check_lines(&text, 1);
+    }
+
+    #[test]
+    fn sink_urls_by_scheme() {
+        assert_eq!(
+            from_url("redis://127.0.0.1:6379").unwrap(),
+            SinkConfig::Redis(gammaray_config::RedisSinkConfig::new(
+                "redis://127.0.0.1:6379"
+            ))
+        );
+        assert!(matches!(
+            from_url("unix:///run/redis.sock"),
+            Ok(SinkConfig::Redis(_))
+        ));
+        assert_eq!(
+            from_url("file:/tmp/e.jsonl").unwrap(),
+            SinkConfig::File(gammaray_config::FileSinkConfig {
+                path: "/tmp/e.jsonl".into()
+            })
+        );
+        let e = from_url("kafka://h:9092/events").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "\"kafka://h:9092/events\": Kafka sinks are not supported yet"
+        );
+        let e = from_url("mqtt://h").unwrap_err().to_string();
+        assert!(e.contains("unknown scheme"), "{e}");
+        assert!(from_url("redis://h:0").is_err());
+        assert!(from_url("rediss://h")
+            .unwrap_err()
+            .to_string()
+            .contains("TLS"));
+        assert!(from_url("file:").is_err());
     }
 
     #[test]
