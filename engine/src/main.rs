@@ -2,7 +2,8 @@
 //!
 //! Subcommands follow DESIGN.md: `crawl` indexes a disk image, `capture`
 //! records a guest's writes from stock QEMU, `replay` follows a recorded
-//! trace and reports file events, `run` follows a live VM.
+//! trace and reports file events, `run` follows a live VM; `watch` and
+//! `tail` are cloud-inotify monitors of the Redis sink's channels.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +15,8 @@ mod crawl;
 mod follow;
 mod live;
 mod replay;
+mod tail;
+mod watch;
 
 /// gammaray: agentless streaming of guest file-system updates.
 #[derive(Debug, Parser)]
@@ -39,6 +42,12 @@ enum Command {
     /// Validate a configuration file; exits non-zero with a message naming
     /// the offending key.
     Check(CheckArgs),
+    /// Subscribe to cloud-inotify channels on Redis (PSUBSCRIBE patterns
+    /// over host:vm:/path) and print one line per event, until Ctrl-C.
+    Watch(watch::WatchArgs),
+    /// Print the bytes appended to the matching files, like `tail -f`
+    /// across every guest, until Ctrl-C.
+    Tail(tail::TailArgs),
 }
 
 /// Arguments of `gammaray run`.
@@ -123,6 +132,12 @@ pub struct ReplayArgs {
     /// At most this many bytes of such writes are held.
     #[arg(long, value_name = "BYTES")]
     pub unknown_budget: Option<u64>,
+    /// Also publish every event to this sink (repeatable):
+    /// redis://HOST:PORT[/DB] or unix:///SOCKET (cloud-inotify channels,
+    /// BSON), file:PATH (JSON lines). Replay fails at the end if a sink
+    /// could not deliver every event.
+    #[arg(long = "sink", value_name = "URL")]
+    pub sinks: Vec<String>,
     /// Apply the trace to FILE (made a sparse copy of BASE first) instead
     /// of holding the written data in memory: for traces larger than
     /// memory. BASE is still never written.
@@ -200,6 +215,8 @@ fn main() -> ExitCode {
         Command::Replay(args) => replay::run(&args),
         Command::Run(args) => live::run(&args),
         Command::Check(args) => live::check(&args),
+        Command::Watch(args) => watch::run(&args),
+        Command::Tail(args) => tail::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,11 @@
 //! it started from, emitting file events and, optionally, the final state
 //! listing.
 //!
+//! With `--sink URL` (repeatable) every event is also handed, in batches
+//! (one per trace entry), to the sink the URL names (`redis://…`,
+//! `file:…`; see `gammaray_sinks::from_url`), through the same sink code
+//! as `gammaray run`.
+//!
 //! The base image is opened read-only; the trace's writes are kept in an
 //! [`OverlayDevice`] in memory. Each write is shown to every partition's
 //! inference *before* it is applied, so the inference can compare old and
@@ -11,13 +16,15 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use gammaray_core::{
     BlockDevice, EventKind, FileDevice, FileEvent, InferConfig, OverlayDevice, SliceDevice,
 };
 use gammaray_qemu::dmlog::{ReadOptions, TraceEntry, TraceError, TraceReader};
+use gammaray_sinks::{Sink, Stamped};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::crawl::{part_listing, sort_listing, Warnings};
@@ -32,10 +39,14 @@ struct EventSink {
     vm: String,
     seq: u64,
     by_kind: BTreeMap<&'static str, u64>,
+    /// The `--sink` sinks.
+    extra: Vec<Box<dyn Sink>>,
 }
 
 impl EventSink {
     fn emit(&mut self, events: &mut Vec<FileEvent>) -> Result<()> {
+        let mut batch = Vec::new();
+        let (host, vm): (Arc<str>, Arc<str>) = (self.host.as_str().into(), self.vm.as_str().into());
         for e in events.drain(..) {
             self.seq += 1;
             *self.by_kind.entry(e.kind.as_str()).or_default() += 1;
@@ -44,9 +55,35 @@ impl EventSink {
                 .write_all(line.as_bytes())
                 .and_then(|()| self.out.write_all(b"\n"))
                 .with_context(|| format!("writing events to {}", self.path))?;
+            if !self.extra.is_empty() {
+                batch.push(Arc::new(Stamped::new(
+                    self.seq,
+                    host.clone(),
+                    vm.clone(),
+                    e,
+                )));
+            }
+        }
+        if !batch.is_empty() {
+            for s in &mut self.extra {
+                if let Err(e) = s.send(&batch) {
+                    tracing::warn!("--sink {}: {e}", s.name());
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// Builds the `--sink URL` sinks (a Redis sink checks its server now).
+fn build_sinks(urls: &[String]) -> Result<Vec<Box<dyn Sink>>> {
+    urls.iter()
+        .map(|url| {
+            let cfg = gammaray_sinks::from_url(url).map_err(|e| anyhow!("--sink {e}"))?;
+            let name = gammaray_sinks::redis::redact_url(url);
+            gammaray_sinks::build(&name, &cfg).with_context(|| format!("--sink {name}"))
+        })
+        .collect()
 }
 
 /// A progress bar over the trace's bytes, hidden unless stderr is a terminal.
@@ -174,6 +211,8 @@ fn follow(
 /// Runs `gammaray replay`.
 pub fn run(args: &ReplayArgs) -> Result<()> {
     let started = Instant::now();
+    // The sinks first: a bad --sink fails before any work.
+    let extra = build_sinks(&args.sinks)?;
     let base = FileDevice::open(&args.disk)
         .with_context(|| format!("opening --disk {}", args.disk.display()))?;
     // Open every trace first, so that a missing one fails before any work.
@@ -243,6 +282,7 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
         vm,
         seq: 0,
         by_kind: BTreeMap::new(),
+        extra,
     };
 
     // Follow the traces, in order, over one overlay and one inference per
@@ -330,6 +370,29 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
             .with_context(|| format!("writing --state {}", state.display()))?;
     }
 
+    let mut undelivered = Vec::new();
+    for s in &mut sink.extra {
+        if let Err(e) = s.flush() {
+            tracing::warn!("--sink {}: {e}", s.name());
+        }
+        let st = s.stats();
+        eprintln!(
+            "gammaray: --sink {}: {} events sent, {} failed, {} dropped",
+            s.name(),
+            st.sent,
+            st.failed,
+            st.dropped
+        );
+        if st.failed + st.dropped > 0 {
+            undelivered.push(format!(
+                "--sink {}: {} of {} events not delivered",
+                s.name(),
+                st.failed + st.dropped,
+                sink.seq
+            ));
+        }
+    }
+
     summary(
         &args.log,
         entries,
@@ -341,6 +404,9 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
         warnings.count,
         &mut timings,
     );
+    if !undelivered.is_empty() {
+        bail!("{}", undelivered.join("; "));
+    }
     Ok(())
 }
 
@@ -525,6 +591,7 @@ mod tests {
             vm: "v".into(),
             seq: 0,
             by_kind: BTreeMap::new(),
+            extra: Vec::new(),
         };
         let mut timings = Timings::default();
         let (n, err) = follow(

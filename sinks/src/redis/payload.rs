@@ -8,6 +8,12 @@
 //! event that is not split has neither field. The pieces are published in
 //! order, one after the other, in the same pipeline.
 //!
+//! A `move` is published on the channel of its new path and then, with the
+//! same payload, on the channel of its `old_path`, so that a monitor of
+//! `gs9671:*:/etc/shadow` sees the file leave. A subscriber whose patterns
+//! match both channels receives it twice (same `seq`): `gammaray watch`
+//! prints it once.
+//!
 //! Payloads are BSON ([`FileEvent::to_bson`](gammaray_core::FileEvent::to_bson):
 //! the JSON's fields, data as BSON binary) or DESIGN.md's JSON line.
 //! [`decode`] reads either (a BSON document starts with its own length and
@@ -17,6 +23,7 @@
 use base64::Engine as _;
 use bson::{RawBsonRef, RawDocument};
 use gammaray_config::RedisEncoding;
+use gammaray_core::EventKind;
 use serde::{Deserialize, Serialize};
 
 use crate::Stamped;
@@ -68,10 +75,22 @@ pub fn encode(
     let max = max_data_bytes.max(1);
     let data_len = s.event.data.as_ref().map_or(0, |d| d.len());
     if data_len <= max {
-        out.push(Message {
-            channel,
-            payload: encode_one(s, &s.event, encoding, None)?,
-        });
+        let payload = encode_one(s, &s.event, encoding, None)?;
+        if let Some(old) = s.old_channel().filter(|_| s.event.kind == EventKind::Move) {
+            let old = format!("{prefix}{old}");
+            if old != channel {
+                out.push(Message {
+                    channel,
+                    payload: payload.clone(),
+                });
+                out.push(Message {
+                    channel: old,
+                    payload,
+                });
+                return Ok(());
+            }
+        }
+        out.push(Message { channel, payload });
         return Ok(());
     }
     let (Some(data), base) = (s.event.data.as_ref(), s.event.offset.unwrap_or(0)) else {
@@ -351,7 +370,7 @@ fn decode_bson(payload: &[u8]) -> Result<ReceivedEvent, PayloadError> {
 mod tests {
     use super::*;
     use crate::test_events::batch;
-    use gammaray_core::{EventKind, FileEvent, FileType};
+    use gammaray_core::{FileEvent, FileType};
 
     fn one(s: &Stamped, enc: RedisEncoding, max: usize) -> Vec<Message> {
         let mut out = Vec::new();
@@ -364,7 +383,14 @@ mod tests {
         for s in batch() {
             for enc in [RedisEncoding::Bson, RedisEncoding::Json] {
                 let m = one(&s, enc, 1 << 20);
-                assert_eq!(m.len(), 1);
+                if s.event.kind == EventKind::Move {
+                    // Also on the old path's channel, same payload.
+                    assert_eq!(m.len(), 2);
+                    assert_eq!(m[1].channel, s.old_channel().unwrap());
+                    assert_eq!(m[1].payload, m[0].payload);
+                } else {
+                    assert_eq!(m.len(), 1);
+                }
                 assert_eq!(m[0].channel, s.channel());
                 let got = decode(&m[0].payload).unwrap();
                 assert_eq!(got.to_json(), s.to_json(), "{enc:?}");
