@@ -6,7 +6,7 @@
 set -euo pipefail
 
 need=()
-for cmd in qemu-system-x86_64 busybox mkfs.ext4 fls mkntfs sfdisk xz zstd cpio; do
+for cmd in qemu-system-x86_64 busybox mkfs.ext4 fls mkntfs sfdisk xz zstd cpio redis-server; do
   command -v "$cmd" >/dev/null 2>&1 || need+=("$cmd")
 done
 if [ ${#need[@]} -eq 0 ]; then
@@ -38,4 +38,23 @@ if [ -n "$SUDO" ]; then APT="sudo -E apt-get"; else APT="apt-get"; fi
 $APT update -q
 $APT install -y -q --no-install-recommends -t bookworm-backports \
   qemu-system-x86 busybox-static ntfs-3g xz-utils cpio zstd e2fsprogs sleuthkit fdisk
+
+# redis-server from Debian's own release, without starting its service: a
+# policy-rc.d that refuses service starts while it installs (only if the
+# machine has none), then the unit is disabled where systemd runs.
+if ! command -v redis-server >/dev/null 2>&1; then
+  policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod +x "$policy"
+  fi
+  $APT install -y -q --no-install-recommends redis-server || { [ -z "$policy" ] || $SUDO rm -f "$policy"; exit 1; }
+  [ -z "$policy" ] || $SUDO rm -f "$policy"
+  if [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now redis-server.service >/dev/null 2>&1 || true
+  elif [ -x /etc/init.d/redis-server ]; then
+    $SUDO /etc/init.d/redis-server stop >/dev/null 2>&1 || true
+  fi
+fi
 echo "setup-host: done"
