@@ -314,3 +314,83 @@ fn watch_and_tail_print_exactly_the_replayed_events() {
         common::verdict(problems)
     });
 }
+
+#[test]
+fn run_publishes_through_a_configured_redis_sink() {
+    let test = "run_publishes_through_a_configured_redis_sink";
+    if !redis_available(test) || !gammaray_testbed::guest_available(test) {
+        return;
+    }
+    let rec = common::workload_recording(Workload::Logs).expect("the logs recording");
+    common::in_temp_dir("redis-run", |dir| {
+        let server = RedisServer::start();
+        let url = server.url();
+        let config = |url: &str| {
+            format!(
+                "host = \"h\"\n[[vm]]\nname = \"lab\"\ndisk = \"{}\"\n\
+                 source = {{ type = \"replay\", log = \"{}\" }}\n\
+                 [sinks.cloud]\ntype = \"redis\"\nurl = \"{url}\"\nencoding = \"json\"\n\
+                 [[route]]\nchannel = \"*:*:/var/log/**\"\nsinks = [\"cloud\"]\n[metrics]\nenabled = false\n",
+                rec.base.display(),
+                rec.trace.display()
+            )
+        };
+        let cfg = dir.join("gammaray.toml");
+        // A server that is not there: run refuses to start, naming the sink
+        // and the URL.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let down = format!("redis://127.0.0.1:{port}");
+        std::fs::write(&cfg, config(&down)).map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(common::gammaray());
+        cmd.arg("run").arg("-c").arg(&cfg);
+        let (ok, stderr) = common::run(&mut cmd, dir, "run-down")?;
+        if ok
+            || !stderr.contains("sink \"cloud\": health check failed")
+            || !stderr.contains(&format!("cannot reach Redis at {down}"))
+        {
+            return Err(format!("run with Redis down: ok={ok}, stderr: {stderr}"));
+        }
+
+        std::fs::write(&cfg, config(&url)).map_err(|e| e.to_string())?;
+        let watch = Bg::start(&["watch", "--json", "*", "--redis", &url], dir, "watch")?;
+        let mut cmd = Command::new(common::gammaray());
+        cmd.arg("run").arg("-c").arg(&cfg);
+        let (ok, stderr) = common::run(&mut cmd, dir, "run")?;
+        if !ok {
+            return Err(format!("gammaray run failed: {stderr}"));
+        }
+        // What the same trace gives `gammaray replay --events`: the
+        // events the run must have published, line for line (every one is
+        // under /var/log/, so the route takes them all).
+        let events = dir.join("replay.jsonl");
+        let mut cmd = Command::new(common::gammaray());
+        cmd.arg("replay")
+            .arg("--disk")
+            .arg(&rec.base)
+            .arg("--log")
+            .arg(&rec.trace)
+            .args(["--host", "h", "--vm", "lab", "--events"])
+            .arg(&events);
+        let (ok, stderr) = common::run(&mut cmd, dir, "replay")?;
+        if !ok {
+            return Err(format!("replay failed: {stderr}"));
+        }
+        let want = std::fs::read_to_string(&events).map_err(|e| e.to_string())?;
+        if want.lines().count() < 10 || !want.lines().all(|l| l.contains("\"path\":\"/var/log/")) {
+            return Err(format!(
+                "the replay's events are not all under /var/log/:\n{want}"
+            ));
+        }
+        let got =
+            String::from_utf8(watch.stop_after(want.len(), "watch")?).map_err(|e| e.to_string())?;
+        if got != want {
+            return Err(format!(
+                "watch --json after gammaray run:\n{got}\nreplay --events:\n{want}"
+            ));
+        }
+        Ok(())
+    });
+}

@@ -463,26 +463,38 @@ fn redis_down_then_back_counts_and_recovers() {
         return;
     }
     let mut server = RedisServer::start();
-    let evs = events();
+    // Plenty of events with unique seqs: 5 rounds of events().
+    let evs: Vec<Arc<Stamped>> = (0..5)
+        .flat_map(|_| events())
+        .enumerate()
+        .map(|(i, s)| {
+            Arc::new(Stamped::new(
+                i as u64 + 1,
+                s.host.clone(),
+                s.vm.clone(),
+                s.event.clone(),
+            ))
+        })
+        .collect();
     let mut sink = RedisSink::new("cloud", &RedisSinkConfig::new(server.url())).unwrap();
     let sub = RawSub::new(&server.url(), "*");
-    sink.send(&evs[..5]).unwrap();
-    let got = sub.finish(5);
-    assert_eq!(got.len(), 5);
-    assert_eq!(sink.stats().sent, 5);
+    sink.send(&evs[..3]).unwrap();
+    let got = sub.finish(3);
+    assert_eq!(got.len(), 3);
+    assert_eq!(sink.stats().sent, 3);
 
     server.stop();
     // The first batch after the crash fails (no panic), the next ones are
     // dropped without an attempt while the backoff lasts.
-    let e = sink.send(&evs[5..8]).unwrap_err().to_string();
+    let e = sink.send(&evs[3..6]).unwrap_err().to_string();
     assert!(e.contains("publishing to Redis at"), "{e}");
     assert!(!sink.is_up());
     assert_eq!(sink.stats().failed, 3);
-    sink.send(&evs[8..10]).unwrap();
+    sink.send(&evs[6..8]).unwrap();
     assert_eq!(sink.stats().dropped, 2);
-    // Still down after the backoff: failed again, backoff grows.
+    // Still down after the backoff: failed again, and the backoff grows.
     std::thread::sleep(Duration::from_millis(120));
-    assert!(sink.send(&evs[10..11]).is_err());
+    assert!(sink.send(&evs[8..9]).is_err());
     assert_eq!(sink.stats().failed, 4);
 
     server.restart();
@@ -490,8 +502,8 @@ fn redis_down_then_back_counts_and_recovers() {
     // Within the (bounded) backoff the sink reconnects and delivers.
     let t = Instant::now();
     let mut delivered = Vec::new();
-    let mut i = 11;
-    while delivered.is_empty() && t.elapsed() < Duration::from_secs(10) {
+    let mut i = 9;
+    while delivered.is_empty() && i + 10 < evs.len() && t.elapsed() < Duration::from_secs(10) {
         let before = sink.stats().sent;
         let _ = sink.send(&evs[i..i + 1]);
         if sink.stats().sent > before {
@@ -503,6 +515,7 @@ fn redis_down_then_back_counts_and_recovers() {
     assert!(sink.is_up(), "reconnected within 10 s");
     sink.send(&evs[i..i + 3]).unwrap();
     delivered.extend(evs[i..i + 3].iter().map(|s| s.seq));
+    i += 3;
     let got = sub.finish(delivered.len());
     let seqs: Vec<u64> = got
         .iter()
@@ -510,6 +523,17 @@ fn redis_down_then_back_counts_and_recovers() {
         .collect();
     assert_eq!(seqs, delivered);
     let st = sink.stats();
-    assert_eq!(st.sent, 5 + delivered.len() as u64);
-    assert_eq!(st.sent + st.failed + st.dropped, (i + 3) as u64, "{st:?}");
+    assert_eq!(st.sent, 3 + delivered.len() as u64);
+    assert_eq!(st.sent + st.failed + st.dropped, i as u64, "{st:?}");
+
+    // A restart between two batches while the sink is up: the stale
+    // connection fails, the sink reconnects at once, nothing is lost.
+    server.restart();
+    let sub = RawSub::new(&server.url(), "*");
+    let before = sink.stats();
+    sink.send(&evs[i..i + 4]).unwrap();
+    assert_eq!(sink.stats().sent, before.sent + 4);
+    assert_eq!(sink.stats().failed, before.failed);
+    let got = sub.finish(4);
+    assert_eq!(got.len(), 4);
 }
