@@ -537,3 +537,60 @@ fn redis_down_then_back_counts_and_recovers() {
     let got = sub.finish(4);
     assert_eq!(got.len(), 4);
 }
+
+#[test]
+fn unix_socket_url_and_json_encoding() {
+    if !redis_available("unix_socket_url_and_json_encoding") {
+        return;
+    }
+    let server = RedisServer::start_with_unix_socket();
+    let url = server.unix_url();
+    let mut monitor = RedisSubscriber::connect(
+        &url,
+        None,
+        None,
+        &["dc1:*:*:/var/log/*".to_string()],
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let raw = RawSub::new(&server.url(), "*");
+    let mut cfg = RedisSinkConfig::new(url.clone());
+    cfg.encoding = gammaray_config::RedisEncoding::Json;
+    cfg.channel_prefix = Some("dc1:".into());
+    let mut sink = RedisSink::new("cloud", &cfg).unwrap();
+    assert_eq!(sink.url(), url);
+    let evs = events();
+    sink.send(&evs).unwrap();
+    let total: usize = evs.iter().map(|s| channels(s).len()).sum();
+    // Raw: every payload is the event's JSON line, on the prefixed channel.
+    let got = raw.finish(total);
+    assert_eq!(got.len(), total);
+    for (channel, payload) in &got {
+        let text = std::str::from_utf8(payload).unwrap();
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        let sent = evs
+            .iter()
+            .find(|s| s.seq == v["seq"].as_u64().unwrap())
+            .unwrap();
+        assert_eq!(text, sent.to_json());
+        let bare = channel.strip_prefix("dc1:").expect("prefixed");
+        assert!(channels(sent).iter().any(|c| c == bare), "{channel}");
+    }
+    // The subscriber decodes JSON as it does BSON.
+    let mut seen = 0;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(500) {
+        if let Some(m) = monitor.next(Duration::from_millis(100)).unwrap() {
+            let e = m.event.unwrap();
+            let sent = evs.iter().find(|s| s.seq == e.seq).unwrap();
+            assert_eq!(e.to_json(), sent.to_json());
+            seen += 1;
+        }
+    }
+    let expected = evs
+        .iter()
+        .flat_map(|s| channels(s))
+        .filter(|c| glob(b"*:*:/var/log/*", c.as_bytes()))
+        .count();
+    assert_eq!(seen, expected);
+}

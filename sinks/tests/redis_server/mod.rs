@@ -48,6 +48,7 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    unix: bool,
 }
 
 fn free_port() -> u16 {
@@ -70,11 +71,22 @@ pub fn command(port: u16, cmd: &str) -> Option<String> {
 impl RedisServer {
     /// Starts a server on a free port.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(false)
+    }
+
+    /// Starts a server on a free port that also listens on a unix socket
+    /// ([`RedisServer::unix_url`]).
+    pub fn start_with_unix_socket() -> RedisServer {
+        RedisServer::start_with(true)
+    }
+
+    fn start_with(unix: bool) -> RedisServer {
         for _ in 0..5 {
             let mut s = RedisServer {
                 port: free_port(),
                 child: None,
                 dir: tempfile::tempdir().expect("temp dir"),
+                unix,
             };
             if s.spawn() {
                 return s;
@@ -87,7 +99,12 @@ impl RedisServer {
     /// answer PING within 10 s.
     fn spawn(&mut self) -> bool {
         let log = std::fs::File::create(self.dir.path().join("redis.log")).expect("log file");
-        let child = Command::new(redis_binary().expect("redis-server"))
+        let mut cmd = Command::new(redis_binary().expect("redis-server"));
+        if self.unix {
+            cmd.args(["--unixsocket", &self.socket().display().to_string()])
+                .args(["--unixsocketperm", "700"]);
+        }
+        let child = cmd
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -113,6 +130,16 @@ impl RedisServer {
         }
         self.stop();
         false
+    }
+
+    /// The unix socket's path (with [`RedisServer::start_with_unix_socket`]).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
+    }
+
+    /// `unix:///…/redis.sock`.
+    pub fn unix_url(&self) -> String {
+        format!("unix://{}", self.socket().display())
     }
 
     /// `redis://127.0.0.1:PORT`.
