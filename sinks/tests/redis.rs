@@ -594,3 +594,37 @@ fn unix_socket_url_and_json_encoding() {
         .count();
     assert_eq!(seen, expected);
 }
+
+#[test]
+fn a_server_that_stops_answering_stalls_send_boundedly() {
+    if !redis_available("a_server_that_stops_answering_stalls_send_boundedly") {
+        return;
+    }
+    let server = RedisServer::start();
+    let mut cfg = RedisSinkConfig::new(server.url());
+    cfg.timeout_ms = 300;
+    let mut sink = RedisSink::new("cloud", &cfg).unwrap();
+    let evs = events();
+    sink.send(&evs[..2]).unwrap();
+    // Frozen (SIGSTOP): connections are accepted by the kernel, never
+    // answered.
+    server.signal("STOP");
+    let t = Instant::now();
+    assert!(sink.send(&evs[2..4]).is_err());
+    let took = t.elapsed();
+    assert!(took < Duration::from_millis(3 * 300 + 500), "{took:?}");
+    // During the backoff: dropped at once.
+    let t = Instant::now();
+    sink.send(&evs[4..5]).unwrap();
+    assert!(t.elapsed() < Duration::from_millis(50));
+    server.signal("CONT");
+    let st = sink.stats();
+    assert_eq!((st.sent, st.failed, st.dropped), (2, 2, 1));
+    // Back: delivered again once the backoff has passed.
+    let t = Instant::now();
+    while !sink.is_up() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = sink.send(&evs[5..6]);
+    }
+    assert!(sink.is_up());
+}

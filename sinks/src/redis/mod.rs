@@ -56,7 +56,9 @@
 //! Nothing is buffered across an outage: the engine never blocks or
 //! crashes because Redis is down, and monitors see a gap (`seq` jumps).
 //! A server that accepts connections but does not answer stalls `send` for
-//! at most `timeout_ms` per attempt.
+//! at most three times `timeout_ms` (a pipeline's reply, the reconnection,
+//! the pipeline again), once per backoff interval; a refused connection
+//! costs nothing.
 
 pub mod payload;
 pub mod subscribe;
