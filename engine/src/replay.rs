@@ -3,7 +3,7 @@
 //! listing.
 //!
 //! With `--sink URL` (repeatable) every event is also handed, in batches
-//! (one per trace entry), to the sink the URL names (`redis://…`,
+//! of [`SINK_BATCH`] events, to the sink the URL names (`redis://…`,
 //! `file:…`; see `gammaray_sinks::from_url`), through the same sink code
 //! as `gammaray run`.
 //!
@@ -41,11 +41,16 @@ struct EventSink {
     by_kind: BTreeMap<&'static str, u64>,
     /// The `--sink` sinks.
     extra: Vec<Box<dyn Sink>>,
+    /// Events for them not sent yet (sent by [`SINK_BATCH`]).
+    pending: Vec<Arc<Stamped>>,
 }
+
+/// Events are handed to the `--sink` sinks in batches of this many (one
+/// Redis pipeline each), and at the end.
+const SINK_BATCH: usize = 512;
 
 impl EventSink {
     fn emit(&mut self, events: &mut Vec<FileEvent>) -> Result<()> {
-        let mut batch = Vec::new();
         let (host, vm): (Arc<str>, Arc<str>) = (self.host.as_str().into(), self.vm.as_str().into());
         for e in events.drain(..) {
             self.seq += 1;
@@ -56,7 +61,7 @@ impl EventSink {
                 .and_then(|()| self.out.write_all(b"\n"))
                 .with_context(|| format!("writing events to {}", self.path))?;
             if !self.extra.is_empty() {
-                batch.push(Arc::new(Stamped::new(
+                self.pending.push(Arc::new(Stamped::new(
                     self.seq,
                     host.clone(),
                     vm.clone(),
@@ -64,14 +69,23 @@ impl EventSink {
                 )));
             }
         }
-        if !batch.is_empty() {
-            for s in &mut self.extra {
-                if let Err(e) = s.send(&batch) {
-                    tracing::warn!("--sink {}: {e}", s.name());
-                }
-            }
+        if self.pending.len() >= SINK_BATCH {
+            self.send_pending();
         }
         Ok(())
+    }
+
+    /// Hands the pending events to every `--sink` sink.
+    fn send_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        for s in &mut self.extra {
+            if let Err(e) = s.send(&self.pending) {
+                tracing::warn!("--sink {}: {e}", s.name());
+            }
+        }
+        self.pending.clear();
     }
 }
 
@@ -283,6 +297,7 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
         seq: 0,
         by_kind: BTreeMap::new(),
         extra,
+        pending: Vec::new(),
     };
 
     // Follow the traces, in order, over one overlay and one inference per
@@ -370,6 +385,7 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
             .with_context(|| format!("writing --state {}", state.display()))?;
     }
 
+    sink.send_pending();
     let mut undelivered = Vec::new();
     for s in &mut sink.extra {
         if let Err(e) = s.flush() {
@@ -592,6 +608,7 @@ mod tests {
             seq: 0,
             by_kind: BTreeMap::new(),
             extra: Vec::new(),
+            pending: Vec::new(),
         };
         let mut timings = Timings::default();
         let (n, err) = follow(
