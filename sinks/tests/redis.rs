@@ -628,3 +628,43 @@ fn a_server_that_stops_answering_stalls_send_boundedly() {
     }
     assert!(sink.is_up());
 }
+
+#[test]
+fn subscriber_resubscribes_after_a_server_restart() {
+    if !redis_available("subscriber_resubscribes_after_a_server_restart") {
+        return;
+    }
+    let mut server = RedisServer::start();
+    let pattern = "gs9671:test:*".to_string();
+    let mut monitor = RedisSubscriber::connect(
+        &server.url(),
+        None,
+        None,
+        &[pattern],
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let mut sink = RedisSink::new("cloud", &RedisSinkConfig::new(server.url())).unwrap();
+    let evs: Vec<Arc<Stamped>> = events()
+        .into_iter()
+        .filter(|s| s.channel().starts_with("gs9671:test:"))
+        .collect();
+    sink.send(&evs[..1]).unwrap();
+    let first = monitor
+        .next(Duration::from_secs(5))
+        .unwrap()
+        .expect("a message");
+    assert_eq!(first.event.unwrap().seq, evs[0].seq);
+
+    server.restart();
+    // Publish until the monitor, subscribing again by itself, sees one.
+    let t = Instant::now();
+    let mut seen = None;
+    while seen.is_none() && t.elapsed() < Duration::from_secs(15) {
+        let _ = sink.send(&evs[1..2]);
+        if let Some(m) = monitor.next(Duration::from_millis(100)).unwrap() {
+            seen = Some(m.event.unwrap().seq);
+        }
+    }
+    assert_eq!(seen, Some(evs[1].seq), "the monitor subscribed again");
+}
