@@ -134,6 +134,8 @@ pub fn client(
 struct Backoff {
     delay: Duration,
     next_try: Option<Instant>,
+    min: Duration,
+    max: Duration,
 }
 
 impl Backoff {
@@ -141,6 +143,8 @@ impl Backoff {
         Backoff {
             delay: BACKOFF_MIN,
             next_try: None,
+            min: BACKOFF_MIN,
+            max: BACKOFF_MAX,
         }
     }
 
@@ -150,11 +154,11 @@ impl Backoff {
 
     fn failed(&mut self) {
         self.next_try = Some(Instant::now() + self.delay);
-        self.delay = (self.delay * 2).min(BACKOFF_MAX);
+        self.delay = (self.delay * 2).min(self.max);
     }
 
     fn reset(&mut self) {
-        self.delay = BACKOFF_MIN;
+        self.delay = self.min;
         self.next_try = None;
     }
 }
@@ -250,6 +254,18 @@ impl RedisSink {
                 sink.shown_url
             ))),
         }
+    }
+
+    /// Sets the backoff between connection attempts (default
+    /// [`BACKOFF_MIN`] doubling up to [`BACKOFF_MAX`]); for tests and
+    /// embedders that need other bounds. `min` is at least 1 ms and `max`
+    /// at least `min`.
+    pub fn with_backoff(mut self, min: Duration, max: Duration) -> RedisSink {
+        let min = min.max(Duration::from_millis(1));
+        self.backoff.min = min;
+        self.backoff.max = max.max(min);
+        self.backoff.reset();
+        self
     }
 
     /// The server's URL as shown in messages (password hidden).
