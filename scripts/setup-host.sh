@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages gammaray's tests and benchmarks need on a fresh
 # Debian 12 machine: QEMU (from bookworm-backports, to match the machine's
-# qemu-utils 10), busybox-static, e2fsprogs, sleuthkit (fls), ntfs-3g, fdisk.
+# qemu-utils 10), busybox-static, e2fsprogs, sleuthkit (fls), ntfs-3g, fdisk;
+# and Debian's redis-server for the Redis sink's tests, which start their own
+# server on a free loopback port (the system service is not left running).
 # Idempotent: skips the install when everything is already there.
 set -euo pipefail
 
