@@ -220,6 +220,52 @@ impl FileEvent {
         d
     }
 
+    /// The bytes of [`FileEvent::to_bson`]'s document, plus `extra` int64
+    /// fields at its end, written directly (no intermediate document):
+    /// several times faster, and equal byte for byte to
+    /// `to_bson(..)` with `extra` inserted, then `to_vec()`.
+    pub fn to_bson_bytes(&self, seq: u64, host: &str, vm: &str, extra: &[(&str, i64)]) -> Vec<u8> {
+        let data_len = self.data.as_ref().map_or(0, |d| d.len());
+        let mut w = RawBson::with_capacity(160 + self.path.len() + data_len);
+        w.int("seq", seq);
+        w.string("host", host);
+        w.string("vm", vm);
+        w.int64("part", i64::from(self.part));
+        w.string("path", &self.path);
+        if let Some(old) = &self.old_path {
+            w.string("old_path", old);
+        }
+        w.string("event", self.kind.as_str());
+        w.string("type", self.ftype.as_str());
+        w.int("inode", self.inode);
+        for (key, v) in [
+            ("size", self.size),
+            ("offset", self.offset),
+            ("len", self.len),
+        ] {
+            if let Some(v) = v {
+                w.int(key, v);
+            }
+        }
+        if !self.changed.is_empty() {
+            let at = w.open(0x04, "changed");
+            for (i, c) in self.changed.iter().enumerate() {
+                w.string(&i.to_string(), c);
+            }
+            w.close(at);
+        }
+        if let Some(r) = self.reason {
+            w.string("reason", r.as_str());
+        }
+        if let Some(data) = &self.data {
+            w.binary("data", data);
+        }
+        for (k, v) in extra {
+            w.int64(k, *v);
+        }
+        w.finish()
+    }
+
     /// The channel this event is published on: `host:vm:/path`.
     pub fn channel(&self, host: &str, vm: &str) -> String {
         format!("{host}:{vm}:{}", self.path)
@@ -249,6 +295,71 @@ struct EventJson<'a> {
     changed: Option<&'a Vec<&'static str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'static str>,
+}
+
+/// A BSON document written straight into bytes (the subset events use).
+struct RawBson(Vec<u8>);
+
+impl RawBson {
+    fn with_capacity(n: usize) -> Self {
+        let mut v = Vec::with_capacity(n);
+        v.extend_from_slice(&[0; 4]);
+        RawBson(v)
+    }
+
+    fn key(&mut self, kind: u8, key: &str) {
+        self.0.push(kind);
+        self.0.extend_from_slice(key.as_bytes());
+        self.0.push(0);
+    }
+
+    fn int64(&mut self, key: &str, v: i64) {
+        self.key(0x12, key);
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+
+    /// As `to_bson`: int64, or a decimal string above `i64::MAX`.
+    fn int(&mut self, key: &str, v: u64) {
+        match i64::try_from(v) {
+            Ok(i) => self.int64(key, i),
+            Err(_) => self.string(key, &v.to_string()),
+        }
+    }
+
+    fn string(&mut self, key: &str, v: &str) {
+        self.key(0x02, key);
+        let n = u32::try_from(v.len() + 1).unwrap_or(u32::MAX);
+        self.0.extend_from_slice(&n.to_le_bytes());
+        self.0.extend_from_slice(v.as_bytes());
+        self.0.push(0);
+    }
+
+    fn binary(&mut self, key: &str, v: &[u8]) {
+        self.key(0x05, key);
+        let n = u32::try_from(v.len()).unwrap_or(u32::MAX);
+        self.0.extend_from_slice(&n.to_le_bytes());
+        self.0.push(0x00);
+        self.0.extend_from_slice(v);
+    }
+
+    /// Starts an embedded document or array; returns where it starts.
+    fn open(&mut self, kind: u8, key: &str) -> usize {
+        self.key(kind, key);
+        let at = self.0.len();
+        self.0.extend_from_slice(&[0; 4]);
+        at
+    }
+
+    fn close(&mut self, at: usize) {
+        self.0.push(0);
+        let n = u32::try_from(self.0.len() - at).unwrap_or(u32::MAX);
+        self.0[at..at + 4].copy_from_slice(&n.to_le_bytes());
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.close(0);
+        self.0
+    }
 }
 
 #[cfg(test)]
@@ -305,5 +416,50 @@ mod tests {
         let d = m.to_bson(1, "h", "v");
         assert_eq!(d.get_binary_generic("data").unwrap(), b"a\0c");
         assert!(d.get("data_b64").is_none());
+    }
+
+    #[test]
+    fn bson_bytes_equal_the_bson_crates_encoding() {
+        let mut events = Vec::new();
+        let mut e = FileEvent::new(
+            3,
+            EventKind::Modify,
+            "/var/log/a b\u{e9}".into(),
+            FileType::File,
+            7,
+        );
+        e.offset = Some(4096);
+        e.len = Some(5);
+        e.size = Some(u64::MAX);
+        e.data = Some(bytes::Bytes::from_static(b"he\0lo"));
+        events.push(e);
+        let mut m = FileEvent::new(1, EventKind::Move, "/new".into(), FileType::Dir, 2);
+        m.old_path = Some("/old".into());
+        events.push(m);
+        let mut a = FileEvent::new(
+            1,
+            EventKind::Attrib,
+            "/etc/passwd".into(),
+            FileType::File,
+            12,
+        );
+        a.changed = vec!["mode", "uid", "gid"];
+        events.push(a);
+        let mut l = FileEvent::new(2, EventKind::Lost, "/x".into(), FileType::File, 9);
+        l.reason = Some(LostReason::DataDrop);
+        events.push(l);
+        for e in &events {
+            for extra in [&[][..], &[("piece", 1i64), ("pieces", 3i64)][..]] {
+                let mut d = e.to_bson(u64::MAX, "h", "v");
+                for (k, v) in extra {
+                    d.insert(*k, *v);
+                }
+                assert_eq!(
+                    e.to_bson_bytes(u64::MAX, "h", "v", extra),
+                    d.to_vec().unwrap(),
+                    "{e:?}"
+                );
+            }
+        }
     }
 }

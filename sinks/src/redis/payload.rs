@@ -119,14 +119,15 @@ fn encode_one(
     piece: Option<(usize, usize)>,
 ) -> Result<Vec<u8>, PayloadError> {
     match encoding {
-        RedisEncoding::Bson => {
-            let mut d = e.to_bson(s.seq, &s.host, &s.vm);
-            if let Some((i, n)) = piece {
-                d.insert("piece", i as i64);
-                d.insert("pieces", n as i64);
-            }
-            d.to_vec().map_err(|e| PayloadError::Encode(e.to_string()))
-        }
+        RedisEncoding::Bson => Ok(match piece {
+            Some((i, n)) => e.to_bson_bytes(
+                s.seq,
+                &s.host,
+                &s.vm,
+                &[("piece", i as i64), ("pieces", n as i64)],
+            ),
+            None => e.to_bson_bytes(s.seq, &s.host, &s.vm, &[]),
+        }),
         RedisEncoding::Json => {
             let mut j = e.to_json(s.seq, &s.host, &s.vm);
             if let Some((i, n)) = piece {
