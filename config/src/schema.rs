@@ -228,6 +228,8 @@ pub enum SinkConfig {
     Stdout(StdoutSinkConfig),
     /// JSON lines appended to a file.
     File(FileSinkConfig),
+    /// Kafka: each event produced to a topic, keyed by its channel.
+    Kafka(crate::KafkaSinkConfig),
 }
 
 impl SinkConfig {
@@ -236,6 +238,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(_) => "stdout",
             SinkConfig::File(_) => "file",
+            SinkConfig::Kafka(_) => "kafka",
         }
     }
 }

@@ -169,6 +169,7 @@ impl Config {
             match sink {
                 SinkConfig::Stdout(_) => {}
                 SinkConfig::File(f) => parent_must_exist(&format!("sinks.{name}.path"), &f.path)?,
+                SinkConfig::Kafka(k) => k.validate(name)?,
             }
         }
 

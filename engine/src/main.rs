@@ -14,6 +14,7 @@ mod crawl;
 mod follow;
 mod live;
 mod replay;
+mod replay_sinks;
 
 /// gammaray: agentless streaming of guest file-system updates.
 #[derive(Debug, Parser)]
@@ -128,6 +129,10 @@ pub struct ReplayArgs {
     /// memory. BASE is still never written.
     #[arg(long, value_name = "FILE")]
     pub scratch: Option<PathBuf>,
+    /// Also publish every event to this sink (repeatable):
+    /// `kafka://HOST:PORT/TOPIC`.
+    #[arg(long = "sink", value_name = "URL")]
+    pub sink: Vec<String>,
 }
 
 /// Arguments of `gammaray crawl`.

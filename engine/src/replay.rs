@@ -22,6 +22,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::crawl::{part_listing, sort_listing, Warnings};
 use crate::follow::{for_partition, hostname, stamp_part, start_followers, Follower};
+use crate::replay_sinks::ReplaySinks;
 use crate::ReplayArgs;
 
 /// Where events go, stamped with sequence number, host and VM.
@@ -32,10 +33,13 @@ struct EventSink {
     vm: String,
     seq: u64,
     by_kind: BTreeMap<&'static str, u64>,
+    /// The `--sink` sinks.
+    sinks: ReplaySinks,
 }
 
 impl EventSink {
     fn emit(&mut self, events: &mut Vec<FileEvent>) -> Result<()> {
+        let mut batch = Vec::new();
         for e in events.drain(..) {
             self.seq += 1;
             *self.by_kind.entry(e.kind.as_str()).or_default() += 1;
@@ -44,8 +48,11 @@ impl EventSink {
                 .write_all(line.as_bytes())
                 .and_then(|()| self.out.write_all(b"\n"))
                 .with_context(|| format!("writing events to {}", self.path))?;
+            if !self.sinks.is_empty() {
+                batch.push(self.sinks.stamp(self.seq, e));
+            }
         }
-        Ok(())
+        self.sinks.send(&batch)
     }
 }
 
@@ -236,6 +243,7 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
             "stdout".into(),
         ),
     };
+    let sinks = ReplaySinks::new(&args.sink, &host, &vm)?;
     let mut sink = EventSink {
         out,
         path,
@@ -243,6 +251,7 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
         vm,
         seq: 0,
         by_kind: BTreeMap::new(),
+        sinks,
     };
 
     // Follow the traces, in order, over one overlay and one inference per
@@ -299,6 +308,7 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
     sink.out
         .flush()
         .with_context(|| format!("writing events to {}", sink.path))?;
+    sink.sinks.finish()?;
     let replay_time = replay_started.elapsed();
     if per_log.len() > 1 {
         for (log, n, evs) in &per_log {
@@ -525,6 +535,7 @@ mod tests {
             vm: "v".into(),
             seq: 0,
             by_kind: BTreeMap::new(),
+            sinks: ReplaySinks::none(),
         };
         let mut timings = Timings::default();
         let (n, err) = follow(

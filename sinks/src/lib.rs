@@ -46,6 +46,7 @@
 #![forbid(unsafe_code)]
 
 pub mod file;
+pub mod kafka;
 pub mod router;
 pub mod stdout;
 
@@ -181,6 +182,7 @@ pub fn build(name: &str, cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match cfg {
         SinkConfig::Stdout(c) => Box::new(stdout::StdoutSink::new(name, c)),
         SinkConfig::File(c) => Box::new(file::FileSink::new(name, c)?),
+        SinkConfig::Kafka(c) => Box::new(kafka::KafkaSink::new(name, c)?),
     })
 }
 
