@@ -143,6 +143,17 @@ impl ProducerContext for Ctx {
     }
 }
 
+/// What became of one message handed to librdkafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Produced {
+    /// Queued.
+    Taken,
+    /// librdkafka's own queue was full (`drop_newest`).
+    Full,
+    /// Refused (too large, bad topic, ...): counted as failed.
+    Refused,
+}
+
 /// Events of one VM dropped since the last report.
 #[derive(Debug, Clone, Copy)]
 struct Drops {
@@ -267,17 +278,15 @@ impl KafkaSink {
             .clone()
     }
 
-    /// Produces one message; `Ok(false)` when it was not taken (a full
-    /// librdkafka queue with `drop_newest`, or a refused message, counted
-    /// and logged). The caller has reserved room for it; it is released
-    /// here when the message is not taken.
+    /// Produces one message. The caller has reserved room for it; it is
+    /// released here when the message is not taken.
     fn produce(
         &mut self,
         topic: &str,
         key: Option<&str>,
         headers: &OwnedHeaders,
         opaque: usize,
-    ) -> bool {
+    ) -> Produced {
         loop {
             let mut rec = BaseRecord::with_opaque_to(topic, opaque)
                 .payload(self.payload.as_slice())
@@ -286,23 +295,21 @@ impl KafkaSink {
                 rec = rec.key(k);
             }
             match self.producer.send(rec) {
-                Ok(()) => return true,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
-                    if self.cfg.when_full == KafkaWhenFull::Block =>
-                {
-                    // librdkafka's byte limit (queue.buffering.max.kbytes):
-                    // wait as for our own.
-                    std::thread::sleep(BLOCK_POLL);
+                Ok(()) => return Produced::Taken,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    if self.cfg.when_full == KafkaWhenFull::Block {
+                        // librdkafka's byte limit (queue.buffering.max.kbytes):
+                        // wait as for our own.
+                        std::thread::sleep(BLOCK_POLL);
+                    } else {
+                        self.shared.release(1);
+                        return Produced::Full;
+                    }
                 }
                 Err((e, _)) => {
                     self.shared.release(1);
-                    if !matches!(
-                        e,
-                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
-                    ) {
-                        tracing::warn!(sink = %self.name, topic, "producing failed: {e}");
-                    }
-                    return false;
+                    tracing::warn!(sink = %self.name, topic, "producing failed: {e}");
+                    return Produced::Refused;
                 }
             }
         }
@@ -374,7 +381,7 @@ impl KafkaSink {
                 KafkaKey::None => None,
             };
             let headers = headers(&host, &vm, "lost", d.last_seq);
-            if self.produce(&topic, key.as_deref(), &headers, OPAQUE_REPORT) {
+            if self.produce(&topic, key.as_deref(), &headers, OPAQUE_REPORT) == Produced::Taken {
                 tracing::warn!(
                     sink = %self.name,
                     "dropped {} events of {host}:{vm} (seq {}..={}) while the buffer was full; sent a lost event",
@@ -566,23 +573,21 @@ impl Sink for KafkaSink {
             self.encode(s);
             let topic = self.topic_for(&s.host, &s.vm);
             let headers = headers(&s.host, &s.vm, s.event.kind.as_str(), s.seq);
-            let mut primary_taken = true;
+            let mut primary = Produced::Taken;
             for (i, key) in keys.iter().enumerate() {
                 // The event counts once, on its last message (the new name
                 // of a move), so `sent` counts events, not messages.
                 let last = i + 1 == keys.len();
                 let opaque = if last { OPAQUE_PRIMARY } else { 0 };
-                let taken = self.produce(&topic, key.as_deref(), &headers, opaque);
+                let p = self.produce(&topic, key.as_deref(), &headers, opaque);
                 if last {
-                    primary_taken = taken;
+                    primary = p;
                 }
             }
-            if !primary_taken {
-                if block {
-                    self.failed_local += 1;
-                } else {
-                    self.record_drop(s);
-                }
+            match primary {
+                Produced::Taken => {}
+                Produced::Full => self.record_drop(s),
+                Produced::Refused => self.failed_local += 1,
             }
         }
         Ok(())
@@ -714,5 +719,22 @@ mod tests {
         assert_eq!(sink.stats().dropped, 2, "{:?}", sink.stats());
         assert_eq!(sink.in_flight(), 2);
         assert_eq!(sink.stats().sent, 0);
+    }
+
+    #[test]
+    fn a_message_librdkafka_refuses_counts_as_failed_not_dropped() {
+        let mut cfg = KafkaSinkConfig::new("127.0.0.1:1");
+        cfg.when_full = KafkaWhenFull::DropNewest;
+        cfg.librdkafka_options.insert(
+            "message.max.bytes".into(),
+            gammaray_config::KafkaOptionValue::Integer(1000),
+        );
+        let mut sink = KafkaSink::new("k", &cfg).unwrap();
+        let mut big = (*batch()[0]).clone();
+        big.event.data = Some(bytes::Bytes::from(vec![b'x'; 4000]));
+        sink.send(&[Arc::new(big)]).unwrap();
+        let st = sink.stats();
+        assert_eq!((st.failed, st.dropped), (1, 0), "{st:?}");
+        assert_eq!(sink.in_flight(), 0);
     }
 }
