@@ -73,8 +73,9 @@ pub struct KafkaSinkConfig {
     /// outage fills the buffer instead of failing events).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub librdkafka_options: BTreeMap<String, KafkaOptionValue>,
-    /// How many events may wait for the broker's acknowledgement (queued
-    /// or in flight) before `when_full` applies (default 100000).
+    /// How many messages may wait for the broker's acknowledgement (queued
+    /// or in flight) before `when_full` applies (default 100000; an event
+    /// is one message, a `move` under `channel` or `path` keys two).
     #[serde(default = "default_buffer_events")]
     pub buffer_events: u64,
     /// What happens to an event that finds the buffer full (default
