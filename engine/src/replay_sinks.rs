@@ -8,11 +8,16 @@
 //! a [`SinkConfig`]; other sink types join as one arm each.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use gammaray_config::{KafkaSinkConfig, SinkConfig};
 use gammaray_core::FileEvent;
+use gammaray_sinks::kafka::KafkaSink;
 use gammaray_sinks::{Sink, Stamped};
+
+/// How long a `--sink`'s health check may take at start.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The sink configuration a `--sink URL` names.
 pub fn config_from_url(url: &str) -> Result<SinkConfig> {
@@ -39,7 +44,18 @@ impl ReplaySinks {
         let mut sinks = Vec::with_capacity(urls.len());
         for url in urls {
             let cfg = config_from_url(url)?;
-            sinks.push(gammaray_sinks::build(url, &cfg).with_context(|| format!("--sink {url}"))?);
+            let sink: Box<dyn Sink> = match &cfg {
+                SinkConfig::Kafka(k) => {
+                    let s = KafkaSink::new(url, k).with_context(|| format!("--sink {url}"))?;
+                    // A replay should fail at once rather than wait for a
+                    // broker or a topic that is not there.
+                    s.health_check(HEALTH_TIMEOUT)
+                        .with_context(|| format!("--sink {url}"))?;
+                    Box::new(s)
+                }
+                _ => gammaray_sinks::build(url, &cfg).with_context(|| format!("--sink {url}"))?,
+            };
+            sinks.push(sink);
         }
         Ok(ReplaySinks {
             sinks,

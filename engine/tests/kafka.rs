@@ -398,6 +398,13 @@ fn kafka_sink_events_arrive_with_keys_and_headers() {
     ));
 
     let mut sink = KafkaSink::new("k", &sink_cfg(&brokers, "ev-json")).unwrap();
+    sink.health_check(Duration::from_secs(10)).unwrap();
+    let missing = KafkaSink::new("m", &sink_cfg(&brokers, "no-such-topic")).unwrap();
+    let e = missing
+        .health_check(Duration::from_secs(10))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not exist"), "{e}");
     sink.send(&batch[..10]).unwrap();
     sink.send(&batch[10..]).unwrap();
     sink.flush().unwrap();

@@ -232,6 +232,45 @@ impl KafkaSink {
         })
     }
 
+    /// The health check (Vector's): asks the brokers for metadata within
+    /// `timeout`, and when the topic has no placeholder, checks that it
+    /// exists (gammaray does not create topics, and librdkafka would hold
+    /// messages for a missing topic until it appears). Both a broker that
+    /// does not answer and a missing topic are [`SinkError::Config`]. The
+    /// sink works without the check: the engine may start before the
+    /// brokers do.
+    pub fn health_check(&self, timeout: Duration) -> Result<(), SinkError> {
+        let topic = self.fixed_topic.as_deref();
+        let md = self
+            .producer
+            .client()
+            .fetch_metadata(topic, timeout)
+            .map_err(|e| SinkError::Config {
+                sink: self.name.clone(),
+                message: format!(
+                    "no metadata from brokers {} within {} ms: {e}",
+                    self.cfg.brokers,
+                    timeout.as_millis()
+                ),
+            })?;
+        if let Some(t) = topic {
+            let found = md
+                .topics()
+                .iter()
+                .any(|m| m.name() == t && m.error().is_none() && !m.partitions().is_empty());
+            if !found {
+                return Err(SinkError::Config {
+                    sink: self.name.clone(),
+                    message: format!(
+                        "topic {t:?} does not exist on brokers {} (gammaray does not create topics)",
+                        self.cfg.brokers
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Messages queued or awaiting the broker's acknowledgement.
     pub fn in_flight(&self) -> u64 {
         *self
