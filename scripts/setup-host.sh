@@ -7,6 +7,9 @@
 # Idempotent: skips the install when everything is already there.
 set -euo pipefail
 
+# The Kafka-protocol test broker (a cargo install, not a system package).
+bash "$(dirname "$0")/setup-tansu.sh"
+
 need=()
 for cmd in qemu-system-x86_64 busybox mkfs.ext4 fls mkntfs sfdisk xz zstd cpio redis-server; do
   command -v "$cmd" >/dev/null 2>&1 || need+=("$cmd")

@@ -53,6 +53,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod kafka;
 mod pattern;
 mod schema;
 pub mod size;
@@ -60,6 +61,11 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
+pub use kafka::{
+    check_topic_template, is_topic_char, KafkaEncoding, KafkaKey, KafkaOptionValue,
+    KafkaSinkConfig, KafkaWhenFull, KAFKA_DEFAULT_BUFFER_EVENTS, KAFKA_DEFAULT_TOPIC,
+    KAFKA_MAX_BUFFER_EVENTS, KAFKA_MAX_TOPIC_LEN, KAFKA_RESERVED_OPTIONS,
+};
 pub use pattern::{ChannelPattern, PatternError};
 pub use schema::{
     default_host, AttachVia, Config, DataDrop, FileSinkConfig, LazyLoad, Metrics, Policy,

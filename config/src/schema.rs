@@ -233,6 +233,8 @@ pub enum SinkConfig {
     /// Redis pub/sub ("cloud-inotify"): each event `PUBLISH`ed on its
     /// channel `host:vm:/path`.
     Redis(RedisSinkConfig),
+    /// Kafka: each event produced to a topic, keyed by its channel.
+    Kafka(crate::KafkaSinkConfig),
 }
 
 impl SinkConfig {
@@ -242,6 +244,7 @@ impl SinkConfig {
             SinkConfig::Stdout(_) => "stdout",
             SinkConfig::File(_) => "file",
             SinkConfig::Redis(_) => "redis",
+            SinkConfig::Kafka(_) => "kafka",
         }
     }
 }

@@ -291,6 +291,7 @@ impl Config {
                 SinkConfig::Stdout(_) => {}
                 SinkConfig::File(f) => parent_must_exist(&format!("sinks.{name}.path"), &f.path)?,
                 SinkConfig::Redis(r) => check_redis(name, r)?,
+                SinkConfig::Kafka(k) => k.validate(name)?,
             }
         }
 

@@ -134,7 +134,8 @@ pub struct ReplayArgs {
     pub unknown_budget: Option<u64>,
     /// Also publish every event to this sink (repeatable):
     /// redis://HOST:PORT[/DB] or unix:///SOCKET (cloud-inotify channels,
-    /// BSON), file:PATH (JSON lines). Replay fails at the end if a sink
+    /// BSON), kafka://HOST:PORT[,HOST:PORT…]/TOPIC (JSON values keyed by
+    /// channel), file:PATH (JSON lines). Replay fails at the end if a sink
     /// could not deliver every event.
     #[arg(long = "sink", value_name = "URL")]
     pub sinks: Vec<String>,

@@ -7,9 +7,10 @@
 //! from `[sinks.NAME]` tables by [`build`], the one registry of sink types.
 //!
 //! Sink types now: `stdout` and `file` (JSON lines in DESIGN.md's event
-//! shape, one module each) and `redis` (cloud-inotify: pub/sub on channels
-//! `host:vm:/path`, BSON or JSON payloads; [`redis`]). Kafka (issue 6) will
-//! be one module, one [`SinkConfig`] variant and one arm in [`build`].
+//! shape, one module each), `redis` (cloud-inotify: pub/sub on channels
+//! `host:vm:/path`, BSON or JSON payloads; [`redis`]), and `kafka` (topics,
+//! keyed by channel; [`kafka`]): one module, one [`SinkConfig`] variant and
+//! one arm in [`build`] each.
 //! [`from_url`] turns the `--sink URL` of `gammaray replay` into a sink
 //! configuration by scheme.
 //!
@@ -49,6 +50,7 @@
 #![forbid(unsafe_code)]
 
 pub mod file;
+pub mod kafka;
 pub mod redis;
 pub mod router;
 pub mod stdout;
@@ -186,6 +188,7 @@ pub fn build(name: &str, cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
         SinkConfig::Stdout(c) => Box::new(stdout::StdoutSink::new(name, c)),
         SinkConfig::File(c) => Box::new(file::FileSink::new(name, c)?),
         SinkConfig::Redis(c) => Box::new(redis::RedisSink::new(name, c)?),
+        SinkConfig::Kafka(c) => Box::new(kafka::KafkaSink::new(name, c)?),
     })
 }
 
@@ -194,7 +197,7 @@ pub fn build(name: &str, cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
 #[non_exhaustive]
 pub enum SinkUrlError {
     /// The scheme names no sink type.
-    #[error("{url:?}: unknown scheme (expected redis://HOST:PORT, unix:///SOCKET, file:PATH)")]
+    #[error("{url:?}: unknown scheme (expected redis://HOST:PORT, unix:///SOCKET, kafka://HOST:PORT/TOPIC, file:PATH)")]
     UnknownScheme {
         /// The URL.
         url: String,
@@ -217,8 +220,8 @@ pub enum SinkUrlError {
 
 /// A sink configuration from a URL (`--sink URL`): `redis://HOST:PORT[/DB]`
 /// or `unix:///SOCKET` (Redis, every other key at its default), `file:PATH`
-/// (JSON lines). The scheme picks the type; `kafka://HOST:PORT/TOPIC` is
-/// recognised and reported as not supported yet.
+/// (JSON lines), `kafka://HOST:PORT[,HOST:PORT…]/TOPIC` (Kafka, every other
+/// key at its default). The scheme picks the type.
 pub fn from_url(url: &str) -> Result<SinkConfig, SinkUrlError> {
     let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or("");
     match scheme {
@@ -240,10 +243,9 @@ pub fn from_url(url: &str) -> Result<SinkConfig, SinkUrlError> {
                 path: path.into(),
             }))
         }
-        "kafka" => Err(SinkUrlError::Unsupported {
-            url: url.to_string(),
-            kind: "Kafka",
-        }),
+        "kafka" => gammaray_config::KafkaSinkConfig::from_url(url)
+            .map(SinkConfig::Kafka)
+            .map_err(|message| SinkUrlError::Invalid { message }),
         _ => Err(SinkUrlError::UnknownScheme {
             url: url.to_string(),
         }),
@@ -408,11 +410,10 @@ mod tests {
                 path: "/tmp/e.jsonl".into()
             })
         );
-        let e = from_url("kafka://h:9092/events").unwrap_err().to_string();
-        assert_eq!(
-            e,
-            "\"kafka://h:9092/events\": Kafka sinks are not supported yet"
-        );
+        assert!(matches!(
+            from_url("kafka://h:9092/events").unwrap(),
+            SinkConfig::Kafka(k) if k.brokers == "h:9092" && k.topic == "events"
+        ));
         let e = from_url("mqtt://h").unwrap_err().to_string();
         assert!(e.contains("unknown scheme"), "{e}");
         assert!(from_url("redis://h:0").is_err());
