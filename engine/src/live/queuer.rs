@@ -89,6 +89,7 @@ pub struct Captured(pub Queued);
 pub struct Start(pub Addr<Inferencer>);
 
 /// The source has ended (or failed): finish once everything is inferred.
+/// Sent by the source thread to the supervisor, which passes it on.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SourceEnded;
@@ -250,8 +251,10 @@ impl Handler<SourceEnded> for Queuer {
 
 /// The capture side of a VM: counts each request of `rx`, tells
 /// `throttler` the new level, takes the request into the budget (waiting
-/// while it is spent) and sends it to `queuer`; tells the queuer when `rx`
-/// ends.
+/// while it is spent) and sends it to `queuer`, until `rx` ends. (The end
+/// of the source goes to the queuer through the supervisor, after the
+/// source's `Ready`, so that the queuer never ends before inference has
+/// started.)
 pub async fn forward(
     mut rx: mpsc::Receiver<DiskWrite>,
     queuer: Addr<Queuer>,
@@ -277,7 +280,6 @@ pub async fn forward(
             permit,
         }));
     }
-    queuer.do_send(SourceEnded);
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::inferencer::{DiskView, Inferencer};
 use super::pipeline::{Pipeline, VmContext};
-use super::queuer::{forward, Budget, Finished, Queuer, Start};
+use super::queuer::{forward, Budget, Finished, Queuer, SourceEnded, Start};
 use super::throttler::Throttler;
 use super::VmSpec;
 
@@ -103,13 +103,21 @@ impl Actor for Supervisor {
         self.queuer = Some(queuer.clone());
         let vctx = self.ctx.clone();
         let ready = ctx.address().recipient();
+        let ended: Recipient<SourceEnded> = ctx.address().recipient();
         let source = std::thread::Builder::new()
             .name(format!("source-{vm}"))
             .spawn(move || {
-                let rt = tokio::runtime::Builder::new_multi_thread()
+                let rt = match tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
                     .enable_all()
-                    .build()?;
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        ended.do_send(SourceEnded);
+                        return Err(e.into());
+                    }
+                };
                 let (tx, rx) = mpsc::channel(CAPTURE_REQUESTS);
                 let fwd = rt.spawn(forward(
                     rx,
@@ -129,8 +137,10 @@ impl Actor for Supervisor {
                     VmSpec::Replay(s) => super::replay_source::run(s, kit),
                 };
                 // Every sender is gone once the source returns: the
-                // forwarder tells the queuer the source has ended.
+                // forwarder ends once it has queued every write. The end
+                // goes through the supervisor, after `Ready` (if sent).
                 let _ = rt.block_on(fwd);
+                ended.do_send(SourceEnded);
                 rt.shutdown_timeout(std::time::Duration::from_secs(1));
                 r
             });
@@ -161,6 +171,18 @@ impl Handler<Ready> for Supervisor {
     }
 }
 
+impl Handler<SourceEnded> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: SourceEnded, _: &mut Context<Self>) {
+        // After any `Ready` of the same source (one mailbox, in order): the
+        // queuer gets `Start` before this.
+        if let Some(q) = &self.queuer {
+            q.do_send(SourceEnded);
+        }
+    }
+}
+
 impl Handler<Finished> for Supervisor {
     type Result = ();
 
@@ -179,6 +201,7 @@ impl Handler<Finished> for Supervisor {
         // this arbiter.
         let source = self.source.take();
         let done = self.done.take();
+        let stats = self.ctx.stats.clone();
         let _ = std::thread::Builder::new()
             .name("vm-outcome".into())
             .spawn(move || {
@@ -187,8 +210,21 @@ impl Handler<Finished> for Supervisor {
                     Some(Err(_)) => Err("the source thread panicked".to_string()),
                     None => Ok(()),
                 };
+                // Every captured write must have been inferred.
+                let (captured, followed) = (
+                    stats.writes.load(std::sync::atomic::Ordering::Relaxed),
+                    stats.inferred.load(std::sync::atomic::Ordering::Relaxed),
+                );
+                let complete = if followed < captured {
+                    Err(format!(
+                        "{} of {captured} captured writes were never inferred",
+                        captured - followed
+                    ))
+                } else {
+                    Ok(())
+                };
                 if let Some(d) = done {
-                    let _ = d.send(sourced.and(inferred));
+                    let _ = d.send(sourced.and(inferred).and(complete));
                 }
             });
         ctx.stop();
