@@ -435,13 +435,9 @@ impl KafkaSink {
         self.payload.clear();
         match self.cfg.encoding {
             KafkaEncoding::Json => self.payload.extend_from_slice(s.to_json().as_bytes()),
-            KafkaEncoding::Bson => {
-                if bson_doc(s).to_writer(&mut self.payload).is_err() {
-                    // Writing a document of strings, integers and bytes to
-                    // a Vec does not fail; send an empty value if it did.
-                    self.payload.clear();
-                }
-            }
+            KafkaEncoding::Bson => self
+                .payload
+                .extend_from_slice(&s.event.to_bson_bytes(s.seq, &s.host, &s.vm, &[])),
         }
     }
 }
@@ -527,50 +523,10 @@ fn int(v: u64) -> bson::Bson {
 }
 
 /// The event as a BSON document: the JSON's fields and names, in the same
-/// order, with the data as binary `data` instead of `data_b64`. Integers
-/// are int64; one above `i64::MAX` is written as a decimal string.
+/// order, with the data as binary `data` instead of `data_b64`
+/// ([`gammaray_core::FileEvent::to_bson`]).
 pub fn bson_doc(s: &Stamped) -> bson::Document {
-    use bson::Bson;
-    let e = &s.event;
-    let mut d = bson::Document::new();
-    d.insert("seq", int(s.seq));
-    d.insert("host", &*s.host);
-    d.insert("vm", &*s.vm);
-    d.insert("part", Bson::Int64(i64::from(e.part)));
-    d.insert("path", e.path.as_str());
-    if let Some(old) = &e.old_path {
-        d.insert("old_path", old.as_str());
-    }
-    d.insert("event", e.kind.as_str());
-    d.insert("type", e.ftype.as_str());
-    d.insert("inode", int(e.inode));
-    for (k, v) in [("size", e.size), ("offset", e.offset), ("len", e.len)] {
-        if let Some(v) = v {
-            d.insert(k, int(v));
-        }
-    }
-    if !e.changed.is_empty() {
-        d.insert(
-            "changed",
-            e.changed
-                .iter()
-                .map(|c| Bson::String((*c).to_string()))
-                .collect::<Vec<_>>(),
-        );
-    }
-    if let Some(r) = e.reason {
-        d.insert("reason", r.as_str());
-    }
-    if let Some(data) = &e.data {
-        d.insert(
-            "data",
-            bson::Binary {
-                subtype: bson::spec::BinarySubtype::Generic,
-                bytes: data.to_vec(),
-            },
-        );
-    }
-    d
+    s.event.to_bson(s.seq, &s.host, &s.vm)
 }
 
 fn headers(host: &str, vm: &str, event: &str, seq: u64) -> OwnedHeaders {
