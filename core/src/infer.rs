@@ -6,6 +6,8 @@
 //! partition start, see [`DiskWrite::clip`]) together with a view of the
 //! partition *as it was before that write*.
 
+use std::borrow::Cow;
+
 use crate::device::BlockDevice;
 use crate::event::FileEvent;
 use crate::model::FsModel;
@@ -23,6 +25,11 @@ pub struct InferConfig {
     /// A `modify` event carries at most this many bytes; larger ranges are
     /// split into several events.
     pub max_event_data: usize,
+    /// The lazy-load policy: keep at most this many bytes of file records
+    /// and names resident, the rest in a scratch store in the host's
+    /// temporary directory, loaded when a write needs them. `None` (the
+    /// default) keeps the whole model resident.
+    pub lazy_budget_bytes: Option<u64>,
 }
 
 impl Default for InferConfig {
@@ -31,6 +38,7 @@ impl Default for InferConfig {
             unknown_ttl_ns: 30_000_000_000,
             unknown_budget_bytes: 64 << 20,
             max_event_data: 1 << 20,
+            lazy_budget_bytes: None,
         }
     }
 }
@@ -70,8 +78,11 @@ pub trait Inference: Send {
         let _ = (dev, out);
     }
 
-    /// The last consistent model (as of the last applied commit).
-    fn model(&self) -> &FsModel;
+    /// The last consistent model (as of the last applied commit). Borrowed
+    /// when it is all resident; under the lazy-load policy it is assembled
+    /// from the resident part and the scratch store (slow: for state
+    /// listings, not for every write).
+    fn model(&self) -> Cow<'_, FsModel>;
 
     /// Counters, for metrics and for the replay summary.
     fn counters(&self) -> Vec<Counter>;

@@ -17,7 +17,8 @@
 //! - [`listing`]: the state listing (one JSON object per name);
 //! - [`overlay`]: a read-only disk with writes held in memory over it
 //!   ([`OverlayDevice`]);
-//! - [`index`]: the on-disk index (gzip stream of BSON documents).
+//! - [`index`]: the on-disk index (gzip stream of BSON documents);
+//! - [`lazy`]: the lazy-load policy's scratch store of per-file metadata.
 //!
 //! Everything read from a disk is untrusted: parsers check every length and
 //! offset and return [`Error::Corrupt`] naming the structure and its byte
@@ -42,6 +43,7 @@ pub mod event;
 pub mod fs;
 pub mod index;
 pub mod infer;
+pub mod lazy;
 pub mod listing;
 pub mod model;
 pub mod name;

@@ -184,6 +184,17 @@ impl Tree {
         }
     }
 
+    /// Removes and returns every name of `dir` (the lazy-load policy
+    /// evicting a directory).
+    pub fn take_dir(&mut self, dir: FileId) -> Vec<Entry> {
+        self.dirs.remove(&dir).unwrap_or_default()
+    }
+
+    /// Number of directories that have names.
+    pub fn dir_count(&self) -> usize {
+        self.dirs.len()
+    }
+
     /// The names in `dir`, in no particular order.
     pub fn entries(&self, dir: FileId) -> &[Entry] {
         self.dirs.get(&dir).map(Vec::as_slice).unwrap_or(&[])

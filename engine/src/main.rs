@@ -139,11 +139,25 @@ pub struct ReplayArgs {
     /// could not deliver every event.
     #[arg(long = "sink", value_name = "URL")]
     pub sinks: Vec<String>,
+    /// The lazy-load policy: keep at most SIZE of file records and names
+    /// resident (e.g. 64MiB), the rest in a scratch store in TMPDIR,
+    /// loaded when a write needs them. Default: all resident.
+    #[arg(long = "lazy-load", value_name = "SIZE", value_parser = parse_budget)]
+    pub lazy_load: Option<u64>,
     /// Apply the trace to FILE (made a sparse copy of BASE first) instead
     /// of holding the written data in memory: for traces larger than
     /// memory. BASE is still never written.
     #[arg(long, value_name = "FILE")]
     pub scratch: Option<PathBuf>,
+}
+
+/// A `--lazy-load` size: bytes, or with a KiB/MiB/GiB suffix; above 0.
+fn parse_budget(s: &str) -> Result<u64, String> {
+    match gammaray_config::size::parse_size(s) {
+        Some(0) => Err("must be greater than 0".into()),
+        Some(n) => Ok(n),
+        None => Err(format!("{s:?} is not a size (e.g. 65536, 64KiB, 256MiB)")),
+    }
 }
 
 /// Arguments of `gammaray crawl`.

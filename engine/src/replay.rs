@@ -262,7 +262,10 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
         trace_len += len;
     }
 
-    let mut cfg = InferConfig::default();
+    let mut cfg = InferConfig {
+        lazy_budget_bytes: args.lazy_load,
+        ..InferConfig::default()
+    };
     if let Some(secs) = args.unknown_ttl {
         if !secs.is_finite() || secs < 0.0 {
             bail!("--unknown-ttl {secs}: expected a non-negative number of seconds");
@@ -383,7 +386,7 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
             let pdev = SliceDevice::new(&overlay, f.start, f.len)?;
             all.extend(part_listing(
                 f.number,
-                f.inference.model(),
+                &f.inference.model(),
                 args.hash.then_some(&pdev as &dyn BlockDevice),
                 &mut warnings,
             ));
@@ -559,8 +562,8 @@ mod tests {
             }
         }
         fn tick(&mut self, _: &dyn BlockDevice, _: u64, _: &mut Vec<FileEvent>) {}
-        fn model(&self) -> &FsModel {
-            &self.model
+        fn model(&self) -> std::borrow::Cow<'_, FsModel> {
+            std::borrow::Cow::Borrowed(&self.model)
         }
         fn counters(&self) -> Vec<Counter> {
             Vec::new()

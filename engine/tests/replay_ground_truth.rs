@@ -7,7 +7,9 @@
 //!     fresh crawl of the disk the guest left agree);
 //! (c) every operation a sync follows has its file events
 //!     ([`gammaray_testbed::expect`]), and files created during the trace
-//!     have exactly the bytes the `modify` events carried.
+//!     have exactly the bytes the `modify` events carried;
+//! (d) with the lazy-load policy and a tiny resident budget, (a) holds
+//!     again and the events are the same, byte for byte.
 //!
 //! Recordings are cached under `CARGO_TARGET_TMPDIR/replay-recordings/`,
 //! keyed by the workload script, so that reruns only replay; set
@@ -27,11 +29,17 @@ use common::{
 };
 use gammaray_testbed::{expect, guest_available, listing, Workload};
 
-fn check(w: Workload, dir: &Path) -> Result<(), String> {
-    let rec = workload_recording(w)?;
-    let events = dir.join("ev.jsonl");
-    let state = dir.join("st.jsonl");
-
+/// Replays `w`'s recording with `extra` arguments into `dir/ev{tag}.jsonl`
+/// and `dir/st{tag}.jsonl`.
+fn replay(
+    w: Workload,
+    rec: &gammaray_testbed::Recording,
+    dir: &Path,
+    tag: &str,
+    extra: &[&str],
+) -> Result<(std::path::PathBuf, std::path::PathBuf), String> {
+    let events = dir.join(format!("ev{tag}.jsonl"));
+    let state = dir.join(format!("st{tag}.jsonl"));
     let started = Instant::now();
     let (ok, stderr) = run(
         Command::new(gammaray())
@@ -46,13 +54,14 @@ fn check(w: Workload, dir: &Path) -> Result<(), String> {
             .arg(&events)
             .arg("--state")
             .arg(&state)
-            .arg("--hash"),
+            .arg("--hash")
+            .args(extra),
         dir,
-        "replay",
+        &format!("replay{tag}"),
     )?;
     let took = started.elapsed();
     eprintln!(
-        "{w}: replay took {:.2} s\n{}",
+        "{w}{tag}: replay took {:.2} s\n{}",
         took.as_secs_f64(),
         stderr.trim_end()
     );
@@ -63,10 +72,16 @@ fn check(w: Workload, dir: &Path) -> Result<(), String> {
             ""
         };
         return Err(format!(
-            "{hint}gammaray replay failed:\n{}",
+            "{hint}gammaray replay{tag} failed:\n{}",
             stderr.trim_end()
         ));
     }
+    Ok((events, state))
+}
+
+fn check(w: Workload, dir: &Path) -> Result<(), String> {
+    let rec = workload_recording(w)?;
+    let (events, state) = replay(w, &rec, dir, "", &[])?;
 
     let mut problems = Vec::new();
     let got = listing::read(&state).map_err(|e| format!("--state {}: {e}", state.display()))?;
@@ -89,6 +104,36 @@ fn check(w: Workload, dir: &Path) -> Result<(), String> {
         &rec.truth.listing,
         &mut problems,
     );
+
+    // (d) the lazy-load policy with a budget far below the model (a few
+    // dozen files resident, every other one evicted and loaded back from
+    // the scratch store as writes need it): the state again equals the
+    // guest's listing, and the events are those of the resident model,
+    // byte for byte.
+    let (lazy_events, lazy_state) = replay(w, &rec, dir, "-lazy", &["--lazy-load", "16KiB"])?;
+    let lazy_got =
+        listing::read(&lazy_state).map_err(|e| format!("--state {}: {e}", lazy_state.display()))?;
+    check_state(
+        &lazy_got,
+        &rec.truth.listing,
+        &rec.final_img,
+        dir,
+        &mut problems,
+    )?;
+    let lazy_text = std::fs::read_to_string(&lazy_events)
+        .map_err(|e| format!("{}: {e}", lazy_events.display()))?;
+    if lazy_text != text {
+        let (a, b): (Vec<&str>, Vec<&str>) = (text.lines().collect(), lazy_text.lines().collect());
+        let first = a.iter().zip(&b).position(|(x, y)| x != y);
+        problems.push(format!(
+            "(d) lazy-load events differ from resident ones ({} vs {} lines; first difference at line {:?}: {:?} vs {:?})",
+            a.len(),
+            b.len(),
+            first,
+            first.and_then(|i| a.get(i)),
+            first.and_then(|i| b.get(i)),
+        ));
+    }
     verdict(problems)
 }
 

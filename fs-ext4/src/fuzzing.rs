@@ -264,6 +264,21 @@ pub mod jbd2 {
     }
 }
 
+/// Whether two models hold the same files, names (in any order), inline
+/// data and block map.
+fn same_model(a: &gammaray_core::FsModel, b: &gammaray_core::FsModel) -> bool {
+    let names = |m: &gammaray_core::FsModel| {
+        let mut v: Vec<(u64, Vec<u8>, u64)> = m
+            .tree
+            .dirs()
+            .flat_map(|(d, es)| es.iter().map(move |e| (d, e.name.to_vec(), e.child)))
+            .collect();
+        v.sort();
+        v
+    };
+    a.files == b.files && a.inline == b.inline && a.blocks == b.blocks && names(a) == names(b)
+}
+
 /// Follows a stream of writes built from `data` over `image` (a whole
 /// ext4 image): the driving loop of the engine (infer against the disk
 /// before the write, then apply it to an overlay), with ticks. `data` is
@@ -285,7 +300,9 @@ pub mod jbd2 {
 ///
 /// At the end the inference settles (the stream ended). Invariants
 /// checked (a panic is a finding): the bytes held for unknown blocks never
-/// exceed the budget. Returns the inference's counters at the
+/// exceed the budget; a second inference under the lazy-load policy, with
+/// a budget that evicts nearly everything after each write, gives the same
+/// events write for write and ends with the same model. Returns the inference's counters at the
 /// end (none when the image does not crawl).
 pub fn infer(image: &[u8], data: &[u8]) -> Vec<gammaray_core::Counter> {
     use crate::infer::Ext4Inference;
@@ -329,14 +346,28 @@ pub fn infer(image: &[u8], data: &[u8]) -> Vec<gammaray_core::Counter> {
         unknown_ttl_ns: 50_000_000,
         unknown_budget_bytes: BUDGET,
         max_event_data: 4096,
+        lazy_budget_bytes: None,
+    };
+    // The same stream is followed twice: with the model resident, and
+    // under the lazy-load policy with a budget so small that nearly every
+    // file is evicted after each write and loaded back from the scratch
+    // store. Both must give the same events and end with the same model.
+    let lazy_cfg = InferConfig {
+        lazy_budget_bytes: Some(1),
+        ..cfg
+    };
+    let Ok(lazy) = Ext4Inference::new(&image, c.model.clone(), &lazy_cfg) else {
+        return Vec::new();
     };
     let Ok(inf) = Ext4Inference::new(&image, c.model, &cfg) else {
         return Vec::new();
     };
     struct Driver {
         inf: Ext4Inference,
+        lazy: Ext4Inference,
         ov: OverlayDevice,
         out: Vec<gammaray_core::FileEvent>,
+        lazy_out: Vec<gammaray_core::FileEvent>,
         seq: u64,
         now: u64,
     }
@@ -346,20 +377,31 @@ pub fn infer(image: &[u8], data: &[u8]) -> Vec<gammaray_core::Counter> {
             w.seq = self.seq;
             w.ts_ns = self.now;
             self.inf.write(&self.ov, &w, &mut self.out);
+            self.lazy.write(&self.ov, &w, &mut self.lazy_out);
             self.ov.apply(&w);
             assert!(
                 self.inf.stats().unknown_held_bytes <= BUDGET,
                 "held over budget"
             );
-            if self.out.len() > 4096 {
-                self.out.clear();
-            }
+            self.same_events();
+        }
+        fn tick(&mut self) {
+            self.inf.tick(&self.ov, self.now, &mut self.out);
+            self.lazy.tick(&self.ov, self.now, &mut self.lazy_out);
+            self.same_events();
+        }
+        fn same_events(&mut self) {
+            assert_eq!(self.out, self.lazy_out, "lazy load changed the events");
+            self.out.clear();
+            self.lazy_out.clear();
         }
     }
     let mut dr = Driver {
         inf,
+        lazy,
         ov: OverlayDevice::new(Box::new(image.to_vec())),
         out: Vec::new(),
+        lazy_out: Vec::new(),
         seq: 0,
         now: 1_000_000_000,
     };
@@ -446,7 +488,7 @@ pub fn infer(image: &[u8], data: &[u8]) -> Vec<gammaray_core::Counter> {
             }
             6 => {
                 dr.now += u16_of(take(2)) * 1_000_000;
-                dr.inf.tick(&dr.ov, dr.now, &mut dr.out);
+                dr.tick();
             }
             _ => {
                 let which = take(1).map_or(0, |b| b[0]);
@@ -472,6 +514,11 @@ pub fn infer(image: &[u8], data: &[u8]) -> Vec<gammaray_core::Counter> {
         }
     }
     dr.inf.settle(&dr.ov, &mut dr.out);
-    let _ = dr.inf.model().files.len();
+    dr.lazy.settle(&dr.ov, &mut dr.lazy_out);
+    dr.same_events();
+    assert!(
+        same_model(&dr.inf.model(), &dr.lazy.model()),
+        "lazy load changed the model"
+    );
     dr.inf.counters()
 }

@@ -111,3 +111,29 @@ fn regression(target: &str, name: &str) {
         _ => fuzzing::crawl(&seed(), &data),
     }
 }
+
+/// Random write streams (the corpus inputs with random bytes appended, and
+/// random records alone) through the inference target, which follows each
+/// stream with the model resident and under the lazy-load policy and
+/// panics if their events or final models differ.
+#[test]
+fn lazy_load_matches_resident_on_random_streams() {
+    let image = journal_seed();
+    let corpus = files(&root().join("fuzz/corpus/ext4_infer"));
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for round in 0..150 {
+        let mut data = match corpus.get(round % (corpus.len() + 1)) {
+            Some(p) => std::fs::read(p).unwrap(),
+            None => Vec::new(),
+        };
+        let extra = 64 + (next() % 1024) as usize;
+        data.extend((0..extra).map(|_| next() as u8));
+        fuzzing::infer(&image, &data);
+    }
+}

@@ -223,7 +223,7 @@ fn shape(
 /// sizes, as a crawl of the real image `img`.
 fn assert_model_is(inf: &dyn Inference, img: &Path) {
     let truth = common::crawl(img);
-    let (got, want) = (shape(inf.model()), shape(&truth.model));
+    let (got, want) = (shape(&inf.model()), shape(&truth.model));
     assert_eq!(got.0, want.0, "directories: model vs crawl of {img:?}");
     assert_eq!(got.1, want.1, "files: model vs crawl of {img:?}");
 }

@@ -691,9 +691,9 @@ fn inference_follows_the_log_after_the_replayed_transactions() {
             .map(|p| p.recovery.copies)
             .unwrap_or_default();
         let view = Replayed::new(&dev, u64::from(sb.block_size()), &copies);
-        let (mut e, w) = list(inf.model(), 1);
+        let (mut e, w) = list(&inf.model(), 1);
         assert!(w.is_empty(), "{w:?}");
-        let hw = add_hashes(&mut e, inf.model(), &view);
+        let hw = add_hashes(&mut e, &inf.model(), &view);
         assert!(hw.is_empty(), "{hw:?}");
         e
     };

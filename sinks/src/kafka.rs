@@ -435,9 +435,10 @@ impl KafkaSink {
         self.payload.clear();
         match self.cfg.encoding {
             KafkaEncoding::Json => self.payload.extend_from_slice(s.to_json().as_bytes()),
-            KafkaEncoding::Bson => self
-                .payload
-                .extend_from_slice(&s.event.to_bson_bytes(s.seq, &s.host, &s.vm, &[])),
+            KafkaEncoding::Bson => {
+                self.payload
+                    .extend_from_slice(&s.event.to_bson_bytes(s.seq, &s.host, &s.vm, &[]))
+            }
         }
     }
 }

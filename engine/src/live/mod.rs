@@ -122,6 +122,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let icfg = InferConfig {
         unknown_ttl_ns: cfg.policy.unknown_ttl_ms.saturating_mul(1_000_000),
         unknown_budget_bytes: cfg.policy.unknown_budget_bytes,
+        lazy_budget_bytes: cfg
+            .policy
+            .lazy_load
+            .enabled
+            .then_some(cfg.policy.lazy_load.budget_bytes),
         ..InferConfig::default()
     };
 

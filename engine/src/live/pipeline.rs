@@ -333,7 +333,7 @@ impl Pipeline {
             let pdev = SliceDevice::new(view, f.start, f.len)?;
             all.extend(crate::crawl::part_listing(
                 f.number,
-                f.inference.model(),
+                &f.inference.model(),
                 Some(&pdev),
                 &mut warnings,
             ));

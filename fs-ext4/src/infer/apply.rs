@@ -204,6 +204,9 @@ impl Ext4Inference {
                 self.parents = super::Parents::build(&cr.model.tree);
                 self.model = cr.model;
                 tracing::info!("ext4 resized; model rebuilt");
+                if let Some(budget) = self.lazy.take().map(|l| l.budget()) {
+                    self.start_lazy(budget);
+                }
             }
             Err(e) => {
                 self.c.anomalies += 1;
@@ -296,6 +299,8 @@ impl Ext4Inference {
         out: &mut Vec<FileEvent>,
     ) {
         let root = self.model.root;
+        // Lazy load: the records, names and paths read below.
+        self.load_paths(dirty);
         let (old_scan, new_scan) = {
             let jov = std::mem::take(&mut self.jov);
             let before = View {
@@ -461,6 +466,15 @@ impl Ext4Inference {
         }
         removed.sort();
         added.sort();
+        // Lazy load: every file named or unnamed, with its path.
+        let mut involved: Vec<u64> = removed
+            .iter()
+            .chain(&added)
+            .flat_map(|k| [k.0, k.2])
+            .collect();
+        involved.sort_unstable();
+        involved.dedup();
+        self.load_paths(&involved);
 
         // 2. Pair removals and additions of one inode into moves.
         let mut moves: Vec<(NameKey, NameKey)> = Vec::new();
@@ -503,6 +517,9 @@ impl Ext4Inference {
                 }
             }
         }
+        let stale_dirs: Vec<u64> = stale.iter().map(|k| k.0).collect();
+        self.load_paths(&stale_dirs);
+        involved.extend(stale_dirs);
         let mut deletes: Vec<FileEvent> = Vec::new();
         let mut deleted_inodes: HashSet<u64> = HashSet::default();
         for (d, name, child) in rem_left.iter().chain(&stale) {
@@ -790,5 +807,8 @@ impl Ext4Inference {
             }
             self.fan_out(out, first_event, ino);
         }
+        // Lazy load: what this transaction changed is written back when
+        // evicted.
+        self.lazy_changed(dirty.iter().copied().chain(involved));
     }
 }

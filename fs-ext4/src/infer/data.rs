@@ -64,6 +64,8 @@ impl Ext4Inference {
     /// other file types or a write wholly past the end.
     fn inside(&mut self, w: &DiskWrite, s: u64, e: u64, file: u64, logical: u64) -> Option<Inside> {
         let bs = self.bs;
+        // Lazy load: the record, and the paths the events need.
+        self.load_paths(&[file]);
         let rec = self.model.files.get(&file)?;
         if rec.ftype != FileType::File {
             return None;

@@ -57,11 +57,13 @@ mod apply;
 mod counters;
 pub mod data;
 mod jtrack;
+mod lazy;
 mod paths;
 mod pending;
 mod view;
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -129,6 +131,8 @@ pub struct Ext4Inference {
     cfg: InferConfig,
     c: Counters,
     now_ns: u64,
+    /// The lazy-load policy's state (`None`: everything resident).
+    lazy: Option<lazy::Lazy>,
 }
 
 impl std::fmt::Debug for Ext4Inference {
@@ -228,7 +232,7 @@ impl Ext4Inference {
         } else {
             None
         };
-        Ok(Ext4Inference {
+        let mut inf = Ext4Inference {
             isz: u64::from(sb.s_inode_size),
             ipg: u64::from(sb.s_inodes_per_group),
             bs,
@@ -247,7 +251,12 @@ impl Ext4Inference {
             cfg: *cfg,
             c,
             now_ns: 0,
-        })
+            lazy: None,
+        };
+        if let Some(budget) = cfg.lazy_budget_bytes {
+            inf.start_lazy(budget);
+        }
+        Ok(inf)
     }
 
     /// The counters so far.
@@ -545,6 +554,7 @@ impl Inference for Ext4Inference {
             }
         }
         self.c.unknown_held_bytes = self.pending.bytes();
+        self.trim();
     }
 
     fn set_data_drop(&mut self, on: bool) {
@@ -554,6 +564,7 @@ impl Inference for Ext4Inference {
     fn settle(&mut self, dev: &dyn BlockDevice, out: &mut Vec<FileEvent>) {
         let ts = self.now_ns;
         self.apply_batch(dev, ts, out);
+        self.trim();
     }
 
     fn tick(&mut self, before: &dyn BlockDevice, now_ns: u64, out: &mut Vec<FileEvent>) {
@@ -563,10 +574,14 @@ impl Inference for Ext4Inference {
         }
         self.pending.expire(self.now_ns, self.cfg.unknown_ttl_ns);
         self.c.unknown_held_bytes = self.pending.bytes();
+        self.trim();
     }
 
-    fn model(&self) -> &FsModel {
-        &self.model
+    fn model(&self) -> Cow<'_, FsModel> {
+        match self.lazy_model() {
+            Some(m) => Cow::Owned(m),
+            None => Cow::Borrowed(&self.model),
+        }
     }
 
     fn counters(&self) -> Vec<Counter> {
@@ -587,6 +602,9 @@ impl Inference for Ext4Inference {
             name: "journal_copies_dropped",
             value: self.jov.dropped,
         });
+        if let Some(l) = &self.lazy {
+            v.extend(l.counters());
+        }
         v
     }
 }

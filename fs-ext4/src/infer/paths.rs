@@ -47,6 +47,20 @@ impl Parents {
         }
     }
 
+    /// Removes and returns every name of `file` (the lazy-load policy
+    /// evicting it).
+    pub fn take(&mut self, file: FileId) -> Vec<(FileId, Name)> {
+        self.map.remove(&file).unwrap_or_default()
+    }
+
+    /// Adds the names of `file` loaded from the lazy-load store to those
+    /// it may already have.
+    pub fn extend(&mut self, file: FileId, names: Vec<(FileId, Name)>) {
+        if !names.is_empty() {
+            self.map.entry(file).or_default().extend(names);
+        }
+    }
+
     /// Every `(directory, name)` naming `file`.
     pub fn of(&self, file: FileId) -> &[(FileId, Name)] {
         self.map.get(&file).map(Vec::as_slice).unwrap_or(&[])
