@@ -15,24 +15,7 @@ cargo build --release -q -p gammaray
 bin=target/release/gammaray
 
 make_image() { # N IMG
-  local n=$1 img=$2 src="$out/src-$1"
-  if [ -f "$img" ]; then return; fi
-  rm -rf "$src"
-  python3 - "$src" "$n" <<'PY'
-import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
-per_dir = 1000
-for d in range((n + per_dir - 1) // per_dir):
-    top = os.path.join(root, f"d{d // 100:03d}", f"s{d % 100:02d}")
-    os.makedirs(top, exist_ok=True)
-    for i in range(min(per_dir, n - d * per_dir)):
-        k = d * per_dir + i
-        with open(os.path.join(top, f"file-{k:07d}.txt"), "w") as f:
-            f.write(f"file {k}\n" * (1 + k % 50))
-PY
-  local files=$((n + n / 1000 + 100))
-  mkfs.ext4 -F -q -b 4096 -N "$files" -E lazy_itable_init=0,lazy_journal_init=0 -d "$src" "$img" $(( (n / 200 + 256) ))M
-  rm -rf "$src"
+  bash bench/make-files-image.sh "$1" "$2"
 }
 
 measure() { # prints "wall_s peak_rss_kib" of a command, output discarded

@@ -8,7 +8,7 @@
 //! (c) every operation a sync follows has its file events
 //!     ([`gammaray_testbed::expect`]), and files created during the trace
 //!     have exactly the bytes the `modify` events carried;
-//! (d) with the lazy-load policy and a tiny resident budget, (a) holds
+//! (d) with the lazy-load policy and a one-byte resident budget, (a) holds
 //!     again and the events are the same, byte for byte.
 //!
 //! Recordings are cached under `CARGO_TARGET_TMPDIR/replay-recordings/`,
@@ -105,12 +105,12 @@ fn check(w: Workload, dir: &Path) -> Result<(), String> {
         &mut problems,
     );
 
-    // (d) the lazy-load policy with a budget far below the model (a few
-    // dozen files resident, every other one evicted and loaded back from
-    // the scratch store as writes need it): the state again equals the
-    // guest's listing, and the events are those of the resident model,
-    // byte for byte.
-    let (lazy_events, lazy_state) = replay(w, &rec, dir, "-lazy", &["--lazy-load", "16KiB"])?;
+    // (d) the lazy-load policy with a budget of one byte (after every
+    // write each file is evicted to the scratch store, and loaded back
+    // when a later write needs it): the state again equals the guest's
+    // listing, and the events are those of the resident model, byte for
+    // byte.
+    let (lazy_events, lazy_state) = replay(w, &rec, dir, "-lazy", &["--lazy-load", "1"])?;
     let lazy_got =
         listing::read(&lazy_state).map_err(|e| format!("--state {}: {e}", lazy_state.display()))?;
     check_state(

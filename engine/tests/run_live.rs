@@ -164,6 +164,30 @@ fn live_a_failing_vm_does_not_stop_the_others() {
     });
 }
 
+/// The lazy-load policy, from the environment layer of the configuration,
+/// with a one-byte budget (after every write each file is evicted to the
+/// scratch store, and loaded back when a later write needs it): the live
+/// events still match every operation of the guest.
+#[test]
+fn live_lazy_load_tree_ext4() {
+    if guest_available("live_lazy_load_tree_ext4") {
+        in_temp_dir("live-lazy", |d| {
+            let err = live_with(
+                Workload::Tree,
+                d,
+                &[
+                    ("GAMMARAY__POLICY__LAZY_LOAD__ENABLED", "true"),
+                    ("GAMMARAY__POLICY__LAZY_LOAD__BUDGET_BYTES", "1"),
+                ],
+            )?;
+            if !err.contains("lazy load:") {
+                return Err(format!("the engine did not say it loads lazily: {err}"));
+            }
+            Ok(())
+        });
+    }
+}
+
 #[test]
 fn live_serve_logs_ext4() {
     if guest_available("live_serve_logs_ext4") {

@@ -257,6 +257,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
                 stats.dropped_bytes.load(Ordering::Relaxed)
             );
         }
+        if let Some(line) = lazy_summary(&stats) {
+            eprintln!("gammaray: vm {name}: lazy load: {line}");
+        }
         if let Some((p50, p99, max, n)) = stats.latency_summary() {
             eprintln!(
                 "gammaray: vm {}: arrival to events sent, over {n} requests with events: p50 {p50:.3} ms, p99 {p99:.3} ms, max {max:.3} ms",
@@ -269,6 +272,24 @@ pub fn run(args: &RunArgs) -> Result<()> {
         bail!("{failed} VM(s) failed");
     }
     Ok(())
+}
+
+/// The lazy-load policy's counters of a VM (summed over its partitions),
+/// as of their last publication; `None` when it loads eagerly.
+fn lazy_summary(stats: &pipeline::VmStats) -> Option<String> {
+    let c = stats.counters.lock().unwrap_or_else(|e| e.into_inner());
+    let sum = |n: &str| -> u64 { c.iter().filter(|k| k.1 == n).map(|k| k.2).sum() };
+    if !c.iter().any(|k| k.1.starts_with("lazy_")) {
+        return None;
+    }
+    Some(format!(
+        "{} files loaded from the scratch store, {} evicted; {} bytes resident ({} files); store {} bytes",
+        sum("lazy_loads"),
+        sum("lazy_evictions"),
+        sum("lazy_resident_bytes"),
+        sum("lazy_resident_files"),
+        sum("lazy_store_bytes"),
+    ))
 }
 
 /// Events to the configuration's sinks, by its routes.
