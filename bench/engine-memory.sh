@@ -23,7 +23,7 @@ for img in "${imgs[@]}"; do
   read -r used files < <(dumpe2fs -h "$img" 2>/dev/null | awk -F: '
     /^Block count/{b=$2} /^Free blocks/{f=$2} /^Block size/{s=$2}
     /^Inode count/{i=$2} /^Free inodes/{fi=$2}
-    END{printf "%d %d\n", (b-f)*s, i-fi}')
+    END{printf "%.0f %.0f\n", (b-f)*s, i-fi}')
   for mode in eager lazy; do
     cp --sparse=always "$img" "$tmp/disk.img"
     env=()
@@ -37,7 +37,7 @@ for img in "${imgs[@]}"; do
     rss=$(awk '/^VmRSS/{print $2}' "/proc/$pid/status")
     peak=$(awk '/^VmHWM/{print $2}' "/proc/$pid/status")
     kill "$pid"; wait "$pid" 2>/dev/null || true
-    printf '%-30s %-6s %9d %12d %9.0f %9.0f %7.0f %6.1f%%\n' "$(basename "$img")" "$mode" \
+    printf '%-30s %-6s %9d %12.0f %9.0f %9.0f %7.0f %6.1f%%\n' "$(basename "$img")" "$mode" \
       "$files" "$used" "$(echo "$peak / 1024" | bc -l)" "$(echo "$rss / 1024" | bc -l)" \
       "$(echo "$rss * 1024 / $files" | bc -l)" "$(echo "$rss * 1024 * 100 / $used" | bc -l)"
     rm -f "$tmp/disk.img" "$tmp/s.sock"

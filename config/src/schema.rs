@@ -197,14 +197,17 @@ impl Default for DataDrop {
     }
 }
 
-/// Keep only the metadata being written to, loading the rest from the index
-/// on demand (`[policy.lazy_load]`).
+/// Keep only the block-owner map and the metadata of the files being
+/// written resident; the rest lives in a scratch store and is loaded on
+/// demand (`[policy.lazy_load]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LazyLoad {
     /// Whether to load lazily (default false: load the whole index).
     pub enabled: bool,
-    /// Resident metadata budget per VM when enabled (default 256 MiB).
+    /// Resident metadata budget per file system when enabled (default
+    /// 256 MiB): file records and names beyond it are evicted, least
+    /// recently used first. The block-owner map is not counted.
     #[serde(deserialize_with = "crate::size::deserialize")]
     pub budget_bytes: u64,
 }

@@ -111,29 +111,20 @@ pub struct MetaStore {
 }
 
 impl MetaStore {
-    /// Writes every file of `model` (records, names both ways, inline
-    /// data) to a new scratch file in `dir`.
-    pub fn create(dir: &Path, model: &FsModel) -> Result<Self> {
+    /// Writes the metadata of every file in `ids` (ascending, without
+    /// repeats), as `meta_of` gives it, to a new scratch file in `dir`.
+    /// `meta_of` may move the metadata out of the caller's maps: nothing is
+    /// kept here but where each record lies.
+    pub fn create(
+        dir: &Path,
+        ids: &[FileId],
+        mut meta_of: impl FnMut(FileId) -> FileMeta,
+    ) -> Result<Self> {
         let (file, path) = scratch_file(dir)?;
-        // Every id the model mentions: files, directories, named children.
-        let mut metas: std::collections::BTreeMap<FileId, FileMeta> = Default::default();
-        for (id, r) in &model.files {
-            metas.entry(*id).or_default().record = Some(r.clone());
+        if ids.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(store_err(&path, "file ids not ascending"));
         }
-        for (dir_id, entries) in model.tree.dirs() {
-            metas.entry(dir_id).or_default().entries = entries.to_vec();
-            for e in entries {
-                metas
-                    .entry(e.child)
-                    .or_default()
-                    .names
-                    .push((dir_id, e.name.clone()));
-            }
-        }
-        for (id, v) in &model.inline {
-            metas.entry(*id).or_default().inline = Some(v.clone());
-        }
-        let slots = metas.keys().next_back().map_or(0, |m| m.saturating_add(1));
+        let slots = ids.last().map_or(0, |m| m.saturating_add(1));
         let table_len = slots
             .checked_mul(SLOT)
             .ok_or_else(|| store_err(&path, "file ids too large for the slot table"))?;
@@ -152,19 +143,19 @@ impl MetaStore {
         let mut table_first = 0u64;
         let mut buf = Vec::new();
         let mut next_id = 0u64;
-        for (id, m) in &metas {
+        for &id in ids {
             buf.clear();
-            encode(m, &mut buf);
+            encode(&meta_of(id), &mut buf);
             let len = u32::try_from(buf.len())
                 .ok()
                 .filter(|&l| l <= MAX_RECORD_BYTES)
                 .ok_or_else(|| store_err(&store.path, "one file's metadata is too large"))?;
             w.write_all(&buf)
                 .map_err(|e| io_err(&store.path, store.end, e))?;
-            if *id != next_id || table.len() >= TABLE_CHUNK {
+            if id != next_id || table.len() >= TABLE_CHUNK {
                 write_table(&store.file, &store.path, table_first, &table)?;
                 table.clear();
-                table_first = *id;
+                table_first = id;
             }
             table.extend_from_slice(&store.end.to_le_bytes());
             table.extend_from_slice(&len.to_le_bytes());
@@ -175,6 +166,30 @@ impl MetaStore {
         drop(w);
         write_table(&store.file, &store.path, table_first, &table)?;
         Ok(store)
+    }
+
+    /// Writes every file of `model` (records, names both ways, inline
+    /// data) to a new scratch file in `dir`, leaving `model` as it is.
+    pub fn from_model(dir: &Path, model: &FsModel) -> Result<Self> {
+        let mut metas: std::collections::BTreeMap<FileId, FileMeta> = Default::default();
+        for (id, r) in &model.files {
+            metas.entry(*id).or_default().record = Some(r.clone());
+        }
+        for (dir_id, entries) in model.tree.dirs() {
+            metas.entry(dir_id).or_default().entries = entries.to_vec();
+            for e in entries {
+                metas
+                    .entry(e.child)
+                    .or_default()
+                    .names
+                    .push((dir_id, e.name.clone()));
+            }
+        }
+        for (id, v) in &model.inline {
+            metas.entry(*id).or_default().inline = Some(v.clone());
+        }
+        let ids: Vec<FileId> = metas.keys().copied().collect();
+        MetaStore::create(dir, &ids, |id| metas.remove(&id).unwrap_or_default())
     }
 
     /// The metadata of file `id` (empty when the store has none).
@@ -496,7 +511,7 @@ mod tests {
     fn every_file_round_trips_and_saves_win() {
         let dir = tempfile::tempdir().unwrap();
         let m = model();
-        let mut s = MetaStore::create(dir.path(), &m).unwrap();
+        let mut s = MetaStore::from_model(dir.path(), &m).unwrap();
         // Unlinked at once.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         let pw = s.load(12).unwrap();

@@ -68,6 +68,9 @@ pub fn restart(f: &mut Follower, dev: &dyn BlockDevice, cfg: &InferConfig) -> Re
     f.inference = driver
         .infer(&pdev, crawl.model, cfg)
         .with_context(|| format!("restarting inference of partition {}", f.number))?;
+    if cfg.lazy_budget_bytes.is_some() {
+        release_freed_memory();
+    }
     Ok(())
 }
 
@@ -119,6 +122,9 @@ pub fn start_followers(
             }
         }
     }
+    if cfg.lazy_budget_bytes.is_some() {
+        release_freed_memory();
+    }
     if followers.is_empty() {
         let why = if skipped.is_empty() {
             "no partition holds a file system gammaray knows".to_string()
@@ -128,4 +134,16 @@ pub fn start_followers(
         return Ok(Err(why));
     }
     Ok(Ok(followers))
+}
+
+/// Gives the memory freed after a crawl back to the system (glibc keeps
+/// freed heap pages otherwise): under the lazy-load policy the model just
+/// moved to its scratch store, and the resident set should show it.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it
+    // takes no pointers and is thread-safe in glibc.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

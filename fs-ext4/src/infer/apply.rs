@@ -205,7 +205,12 @@ impl Ext4Inference {
                 self.model = cr.model;
                 tracing::info!("ext4 resized; model rebuilt");
                 if let Some(budget) = self.lazy.take().map(|l| l.budget()) {
-                    self.start_lazy(budget);
+                    if let Err(e) = self.start_lazy(budget) {
+                        // The files moved before the error are missing
+                        // from the model until the next resync.
+                        self.c.anomalies += 1;
+                        tracing::warn!("lazy load off after the resize: {e}");
+                    }
                 }
             }
             Err(e) => {

@@ -21,7 +21,7 @@
 
 use gammaray_core::lazy::{resident_estimate, FileMeta, MetaStore};
 use gammaray_core::model::{FileId, FsModel};
-use gammaray_core::Counter;
+use gammaray_core::{Counter, Result};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::paths::{Parents, MAX_DEPTH};
@@ -85,38 +85,53 @@ impl Lazy {
 impl Ext4Inference {
     /// Moves the model's records and names to a scratch store in the host's
     /// temporary directory (`TMPDIR`) and keeps at most `budget` bytes of
-    /// them resident from now on. On failure the model stays resident
-    /// (eager) and the error is logged.
-    pub(super) fn start_lazy(&mut self, budget: u64) {
+    /// them resident from now on. They are moved file by file, so the
+    /// store costs no second copy of the model; an error (the directory
+    /// not writable, full) leaves the model partly moved and fails the
+    /// inference.
+    pub(super) fn start_lazy(&mut self, budget: u64) -> Result<()> {
         let dir = std::env::temp_dir();
-        match MetaStore::create(&dir, &self.model) {
-            Ok(store) => {
-                self.model.files = Default::default();
-                self.model.tree = Default::default();
-                self.model.inline = Default::default();
-                self.parents = Parents::default();
-                tracing::info!(
-                    "lazy load: metadata moved to a {} KiB scratch store in {}, budget {} KiB",
-                    store.file_bytes() / 1024,
-                    dir.display(),
-                    budget / 1024
-                );
-                self.lazy = Some(Lazy {
-                    store,
-                    budget,
-                    resident: 0,
-                    loaded: HashMap::default(),
-                    changed: HashSet::default(),
-                    clock: 0,
-                    loads: 0,
-                    evictions: 0,
-                    errors: 0,
-                });
-            }
-            Err(e) => {
-                tracing::warn!("lazy load off, metadata stays resident: {e}");
-            }
-        }
+        let mut ids: Vec<FileId> = self.model.files.keys().copied().collect();
+        ids.extend(self.model.tree.dirs().map(|(d, _)| d));
+        ids.extend(self.parents.files());
+        ids.extend(self.model.inline.keys().copied());
+        ids.sort_unstable();
+        ids.dedup();
+        let (files, tree, inline, parents) = (
+            &mut self.model.files,
+            &mut self.model.tree,
+            &mut self.model.inline,
+            &mut self.parents,
+        );
+        let store = MetaStore::create(&dir, &ids, |id| FileMeta {
+            record: files.remove(&id),
+            names: parents.take(id),
+            entries: tree.take_dir(id),
+            inline: inline.remove(&id),
+        })?;
+        drop(ids);
+        self.model.files = Default::default();
+        self.model.tree = Default::default();
+        self.model.inline = Default::default();
+        self.parents = Parents::default();
+        tracing::info!(
+            "lazy load: metadata moved to a {} KiB scratch store in {}, budget {} KiB",
+            store.file_bytes() / 1024,
+            dir.display(),
+            budget / 1024
+        );
+        self.lazy = Some(Lazy {
+            store,
+            budget,
+            resident: 0,
+            loaded: HashMap::default(),
+            changed: HashSet::default(),
+            clock: 0,
+            loads: 0,
+            evictions: 0,
+            errors: 0,
+        });
+        Ok(())
     }
 
     /// Makes file `id` resident (a no-op when loading eagerly).
@@ -141,23 +156,7 @@ impl Ext4Inference {
         l.loaded.insert(id, (l.clock, bytes));
         l.resident += bytes;
         l.loads += 1;
-        let FileMeta {
-            record,
-            names,
-            mut entries,
-            inline,
-        } = meta;
-        if let Some(r) = record {
-            self.model.files.insert(id, r);
-        }
-        if !entries.is_empty() {
-            entries.extend(self.model.tree.take_dir(id));
-            self.model.tree.set_dir(id, entries);
-        }
-        self.parents.extend(id, names);
-        if let Some(v) = inline {
-            self.model.inline.insert(id, v);
-        }
+        self.install(id, meta);
     }
 
     /// Makes `ids` resident with the directories up to the root along each
@@ -243,7 +242,7 @@ impl Ext4Inference {
                         // Kept resident: evicting it would lose it.
                         l.errors += 1;
                         tracing::warn!("lazy load: file {id} kept resident: {e}");
-                        self.reinstall(id, meta);
+                        self.install(id, meta);
                         break;
                     }
                     l.changed.remove(&id);
@@ -257,15 +256,24 @@ impl Ext4Inference {
         self.lazy = lazy;
     }
 
-    fn reinstall(&mut self, id: FileId, meta: FileMeta) {
-        if let Some(r) = meta.record {
+    /// Puts file `id`'s metadata in the resident maps (added to whatever
+    /// they already hold of it).
+    fn install(&mut self, id: FileId, meta: FileMeta) {
+        let FileMeta {
+            record,
+            names,
+            mut entries,
+            inline,
+        } = meta;
+        if let Some(r) = record {
             self.model.files.insert(id, r);
         }
-        if !meta.entries.is_empty() {
-            self.model.tree.set_dir(id, meta.entries);
+        if !entries.is_empty() {
+            entries.extend(self.model.tree.take_dir(id));
+            self.model.tree.set_dir(id, entries);
         }
-        self.parents.extend(id, meta.names);
-        if let Some(v) = meta.inline {
+        self.parents.extend(id, names);
+        if let Some(v) = inline {
             self.model.inline.insert(id, v);
         }
     }

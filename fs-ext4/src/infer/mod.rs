@@ -254,7 +254,7 @@ impl Ext4Inference {
             lazy: None,
         };
         if let Some(budget) = cfg.lazy_budget_bytes {
-            inf.start_lazy(budget);
+            inf.start_lazy(budget)?;
         }
         Ok(inf)
     }

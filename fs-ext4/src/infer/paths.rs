@@ -61,6 +61,11 @@ impl Parents {
         }
     }
 
+    /// Every file that has a name.
+    pub fn files(&self) -> impl Iterator<Item = FileId> + '_ {
+        self.map.keys().copied()
+    }
+
     /// Every `(directory, name)` naming `file`.
     pub fn of(&self, file: FileId) -> &[(FileId, Name)] {
         self.map.get(&file).map(Vec::as_slice).unwrap_or(&[])
