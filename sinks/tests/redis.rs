@@ -675,13 +675,12 @@ fn subscriber_resubscribes_after_a_server_restart() {
     assert_eq!(seen, Some(evs[1].seq), "the monitor subscribed again");
 }
 
-/// A batch of several encoding chunks (`ENCODE_CHUNK` events each, the
-/// last one partial) arrives whole and in order: the sink publishes each
-/// chunk while it encodes the next, and `send` returns once all are
-/// answered. Compared with the JSON of each event handed to the sink.
+/// A batch larger than two pipelines (`PIPELINE_COMMANDS` each, the last
+/// one partial) arrives whole and in order, and `send` returns once all
+/// are answered. Compared with the JSON of each event handed to the sink.
 #[test]
-fn a_batch_of_several_chunks_arrives_whole_and_in_order() {
-    if !redis_available("a_batch_of_several_chunks_arrives_whole_and_in_order") {
+fn a_batch_of_several_pipelines_arrives_whole_and_in_order() {
+    if !redis_available("a_batch_of_several_pipelines_arrives_whole_and_in_order") {
         return;
     }
     let server = RedisServer::start();
@@ -689,7 +688,7 @@ fn a_batch_of_several_chunks_arrives_whole_and_in_order() {
     let mut cfg = RedisSinkConfig::new(server.url());
     cfg.encoding = gammaray_config::RedisEncoding::Json;
     let mut sink = RedisSink::new("cloud", &cfg).unwrap();
-    let n = 3 * gammaray_sinks::redis::ENCODE_CHUNK + 17;
+    let n = 2 * gammaray_sinks::redis::PIPELINE_COMMANDS + 17;
     let evs: Vec<Arc<Stamped>> = (0..n)
         .map(|i| {
             let mut e = FileEvent::new(

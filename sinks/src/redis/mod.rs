@@ -33,9 +33,8 @@
 //! The sink owns one thread with a current-thread tokio runtime and one
 //! multiplexed connection (so it is safe to call from inside another async
 //! runtime, such as the engine's actors). `send` encodes the batch on the
-//! caller's thread in chunks of [`ENCODE_CHUNK`] events, hands each to that
-//! thread (encoding the next chunk while the previous one is published),
-//! and returns once every pipelined `PUBLISH` is answered (in pipelines of at most
+//! caller's thread, hands it to that thread, and waits until the
+//! pipelined `PUBLISH`es are answered (in pipelines of at most
 //! [`PIPELINE_BYTES`] bytes or [`PIPELINE_COMMANDS`] commands, whole events
 //! each). Building the sink connects and sends `PING`: a sink whose server
 //! cannot be reached is an error naming the sink and the URL.
@@ -82,9 +81,6 @@ use crate::{Sink, SinkError, SinkStats, Stamped};
 pub const PIPELINE_BYTES: usize = 4 << 20;
 /// ... or this many `PUBLISH` commands.
 pub const PIPELINE_COMMANDS: usize = 1024;
-/// `send` encodes and hands over a batch in chunks of this many events,
-/// so that encoding one chunk overlaps publishing the one before.
-pub const ENCODE_CHUNK: usize = 256;
 /// The first wait after a failed connection.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// The longest wait between connection attempts.
@@ -282,48 +278,6 @@ impl RedisSink {
         !self.down
     }
 
-    /// Encodes a chunk of events: its messages, the index after each
-    /// encoded event's last message, and how many could not be encoded
-    /// (logged).
-    fn encode_chunk(&self, chunk: &[Arc<Stamped>]) -> (Vec<Message>, Vec<usize>, u64) {
-        let mut msgs = Vec::with_capacity(chunk.len());
-        let mut ends = Vec::with_capacity(chunk.len());
-        let mut bad = 0u64;
-        for s in chunk {
-            match payload::encode(
-                s,
-                self.encoding,
-                self.max_data_bytes,
-                &self.prefix,
-                &mut msgs,
-            ) {
-                Ok(()) => ends.push(msgs.len()),
-                Err(e) => {
-                    tracing::warn!(
-                        "sink {}: event {} of {}:{}: {e}",
-                        self.name,
-                        s.seq,
-                        s.host,
-                        s.vm
-                    );
-                    bad += 1;
-                }
-            }
-        }
-        (msgs, ends, bad)
-    }
-
-    /// Waits for the connection thread's answer to a `Publish`: events
-    /// delivered, and the error that stopped the rest, if any.
-    fn outcome(&mut self) -> (u64, Option<String>) {
-        match self.done.recv().ok() {
-            Some(Done::Published { delivered, error }) => (delivered as u64, error),
-            Some(Done::Unreachable(e)) => (0, Some(e)),
-            Some(Done::Pong) => (0, Some("unexpected reply".into())),
-            None => (0, Some("the connection thread stopped".into())),
-        }
-    }
-
     fn call(&mut self, job: Job) -> Option<Done> {
         self.jobs.as_ref()?.send(job).ok()?;
         self.done.recv().ok()
@@ -480,53 +434,46 @@ impl Sink for RedisSink {
             self.dropped_while_down += n;
             return Ok(());
         }
-        // Encode a chunk while the previous one is on the wire: the
-        // connection thread publishes chunk k while this thread encodes
-        // chunk k + 1, and `send` still returns once every chunk is
-        // answered (or one failed: the rest is not attempted).
-        let mut delivered = 0u64;
+        let mut msgs = Vec::with_capacity(batch.len());
+        let mut ends = Vec::with_capacity(batch.len());
         let mut bad = 0u64;
-        let mut error = None;
-        let mut in_flight = false;
-        let mut reconnect = self.down;
-        for chunk in batch.chunks(ENCODE_CHUNK) {
-            let (msgs, ends, b) = self.encode_chunk(chunk);
-            bad += b;
-            if in_flight {
-                in_flight = false;
-                match self.outcome() {
-                    (d, None) => delivered += d,
-                    (d, Some(e)) => {
-                        delivered += d;
-                        error = Some(e);
-                        break;
-                    }
+        for s in batch {
+            match payload::encode(
+                s,
+                self.encoding,
+                self.max_data_bytes,
+                &self.prefix,
+                &mut msgs,
+            ) {
+                Ok(()) => ends.push(msgs.len()),
+                Err(e) => {
+                    tracing::warn!(
+                        "sink {}: event {} of {}:{}: {e}",
+                        self.name,
+                        s.seq,
+                        s.host,
+                        s.vm
+                    );
+                    bad += 1;
                 }
             }
-            if ends.is_empty() {
-                continue;
-            }
-            let submitted = self.jobs.as_ref().is_some_and(|j| {
-                j.send(Job::Publish {
-                    msgs,
-                    ends,
-                    reconnect,
-                })
-                .is_ok()
-            });
-            if !submitted {
-                error = Some("the connection thread stopped".to_string());
-                break;
-            }
-            in_flight = true;
-            reconnect = false;
-        }
-        if in_flight {
-            let (d, e) = self.outcome();
-            delivered += d;
-            error = error.or(e);
         }
         self.stats.failed += bad;
+        let events = ends.len() as u64;
+        let reconnect = self.down;
+        let outcome = self.call(Job::Publish {
+            msgs,
+            ends,
+            reconnect,
+        });
+        let (delivered, error) = match outcome {
+            Some(Done::Published {
+                delivered, error, ..
+            }) => (delivered as u64, error),
+            Some(Done::Unreachable(e)) => (0, Some(e)),
+            Some(Done::Pong) => (0, Some("unexpected reply".into())),
+            None => (0, Some("the connection thread stopped".into())),
+        };
         self.stats.sent += delivered;
         match error {
             None => {
@@ -544,9 +491,7 @@ impl Sink for RedisSink {
                 Ok(())
             }
             Some(e) => {
-                // Events not delivered: those of the failed chunk, those
-                // not attempted after it, and any that could not be encoded.
-                self.stats.failed += n - delivered - bad;
+                self.stats.failed += events - delivered;
                 if !self.down {
                     tracing::warn!(
                         "sink {}: Redis at {} went away ({e}); dropping events until it is back",
@@ -561,7 +506,7 @@ impl Sink for RedisSink {
                     source: std::io::Error::other(format!(
                         "publishing to Redis at {}: {e} ({} of {n} events not delivered)",
                         self.shown_url,
-                        n - delivered
+                        events - delivered
                     )),
                 })
             }
