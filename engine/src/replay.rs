@@ -89,25 +89,16 @@ impl EventSink {
     }
 }
 
-/// Builds the `--sink URL` sinks (a Redis sink checks its server now).
-/// How long a Kafka `--sink`'s health check may take at start.
-const KAFKA_HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
+/// Builds the `--sink URL` sinks and checks that each one's server
+/// answers (a replay fails at once rather than wait for a broker or a topic
+/// that is not there).
 fn build_sinks(urls: &[String]) -> Result<Vec<Box<dyn Sink>>> {
     urls.iter()
         .map(|url| {
             let cfg = gammaray_sinks::from_url(url).map_err(|e| anyhow!("--sink {e}"))?;
             let name = gammaray_sinks::redis::redact_url(url);
-            if let gammaray_sinks::SinkConfig::Kafka(k) = &cfg {
-                // A replay fails at once rather than wait for a broker or
-                // a topic that is not there.
-                let s = gammaray_sinks::kafka::KafkaSink::new(&name, k)
-                    .with_context(|| format!("--sink {name}"))?;
-                s.health_check(KAFKA_HEALTH_TIMEOUT)
-                    .with_context(|| format!("--sink {name}"))?;
-                return Ok(Box::new(s) as Box<dyn Sink>);
-            }
-            gammaray_sinks::build(&name, &cfg).with_context(|| format!("--sink {name}"))
+            gammaray_sinks::build_checked(&name, &cfg, gammaray_sinks::HEALTH_CHECK_TIMEOUT)
+                .with_context(|| format!("--sink {name}"))
         })
         .collect()
 }

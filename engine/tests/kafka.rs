@@ -14,7 +14,16 @@
 //!     that refuses connections, since a tansu restart would lose its
 //!     in-memory data) and reachable again: `when_full = "block"` loses
 //!     nothing and keeps per-key order; `drop_newest` reports exactly the
-//!     events it dropped, in `lost` events and in the sink's stats.
+//!     events it dropped, in `lost` events and in the sink's stats;
+//! (d) `gammaray run` with a configured Kafka sink whose brokers are not
+//!     there, or whose topic does not exist: it refuses to start, naming
+//!     the sink, without waiting out the health check's timeout for a
+//!     port nothing listens on;
+//! (e) `gammaray run` end to end: a real guest, its disk served by the
+//!     engine, appends to a new log; a `[[route]]` sends `/var/log` to a
+//!     `type = "kafka"` sink; a consumer group rebuilds the log from the
+//!     `modify` events' offset and data, which must give the lines the
+//!     guest wrote and the sha256 the guest itself computed.
 //!
 //! Skipped with a message when `tansu` is not installed (scripts/
 //! setup-host.sh installs it), unless `GAMMARAY_REQUIRE_GUEST` is set.
@@ -165,6 +174,25 @@ struct Msg {
 }
 
 impl Msg {
+    fn of(m: &rdkafka::message::BorrowedMessage<'_>) -> Msg {
+        let mut headers = BTreeMap::new();
+        if let Some(h) = m.headers() {
+            for i in 0..h.count() {
+                let hd = h.get(i);
+                headers.insert(
+                    hd.key.to_string(),
+                    String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
+                );
+            }
+        }
+        Msg {
+            partition: m.partition(),
+            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            value: m.payload().unwrap_or_default().to_vec(),
+            headers,
+        }
+    }
+
     fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.value).expect("a JSON value")
     }
@@ -197,25 +225,39 @@ fn consume(brokers: &str, topic: &str, want: usize, timeout: Duration) -> Vec<Ms
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                let mut headers = BTreeMap::new();
-                if let Some(h) = m.headers() {
-                    for i in 0..h.count() {
-                        let hd = h.get(i);
-                        headers.insert(
-                            hd.key.to_string(),
-                            String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
-                        );
-                    }
-                }
-                out.push(Msg {
-                    partition: m.partition(),
-                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                    value: m.payload().unwrap_or_default().to_vec(),
-                    headers,
-                });
+                out.push(Msg::of(&m));
                 if out.len() >= want && done_at.is_none() {
                     done_at = Some(Instant::now());
                 }
+            }
+            Some(Err(e)) => eprintln!("consumer: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+/// Reads `topic` from the beginning in a fresh consumer group until no
+/// message came for `idle` after the first one (the producer is done
+/// before this is called), or `timeout` passed.
+fn consume_until_idle(brokers: &str, topic: &str, idle: Duration, timeout: Duration) -> Vec<Msg> {
+    let group = format!("gr-idle-{}-{}", topic, std::process::id());
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", &group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut out = Vec::new();
+    let started = Instant::now();
+    let mut last = None::<Instant>;
+    while started.elapsed() < timeout && last.is_none_or(|t| t.elapsed() < idle) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                out.push(Msg::of(&m));
+                last = Some(Instant::now());
             }
             Some(Err(e)) => eprintln!("consumer: {e}"),
             None => {}
@@ -789,4 +831,239 @@ fn kafka_outage_drop_newest_reports_lost() {
             "{vm}: delivered plus reported lost is what was sent"
         );
     }
+}
+
+/// A `gammaray.toml` with one VM served from `img` on `sock`, and a Kafka
+/// sink `logs` on `brokers`/`topic` that receives every `/var/log` event.
+fn run_config(img: &Path, sock: &Path, brokers: &str, topic: &str) -> String {
+    format!(
+        "host = \"h\"\n[metrics]\nenabled = false\n\
+         [[vm]]\nname = \"app\"\ndisk = \"{}\"\nsource = {{ type = \"serve\", socket = \"{}\" }}\n\
+         [sinks.logs]\ntype = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\n\
+         [[route]]\nchannel = \"*:*:/var/log/**\"\nsinks = [\"logs\"]\n",
+        img.display(),
+        sock.display()
+    )
+}
+
+/// (d) `gammaray run` checks its Kafka sink before it serves anything: a
+/// port nothing listens on, and then a real broker without the topic, each
+/// stop it with an error naming the sink; the dead port well before the
+/// health check's 10 s timeout (librdkafka reports every broker down).
+#[test]
+fn kafka_run_refuses_unreachable_brokers_and_missing_topics() {
+    let name = "kafka_run_refuses_unreachable_brokers_and_missing_topics";
+    if !tansu_available(name) {
+        return;
+    }
+    common::in_temp_dir(name, |dir| {
+        let img = dir.join("disk.img");
+        std::fs::write(&img, vec![0u8; 1 << 20]).map_err(|e| e.to_string())?;
+        let sock = dir.join("nbd.sock");
+        let cfg = dir.join("gammaray.toml");
+        let run = |toml: &str, label: &str| -> Result<(bool, String, Duration), String> {
+            std::fs::write(&cfg, toml).map_err(|e| e.to_string())?;
+            let t0 = Instant::now();
+            let (ok, stderr) = common::run(
+                Command::new(common::gammaray())
+                    .args(["run", "--for", "60", "-c"])
+                    .arg(&cfg),
+                dir,
+                label,
+            )?;
+            Ok((ok, stderr, t0.elapsed()))
+        };
+
+        let dead = format!("127.0.0.1:{}", free_port());
+        let (ok, stderr, took) = run(&run_config(&img, &sock, &dead, "events"), "run-dead")?;
+        eprintln!(
+            "dead port: {:.2} s: {}",
+            took.as_secs_f64(),
+            stderr.trim_end()
+        );
+        let want = format!("sink \"logs\": health check failed: cannot reach Kafka brokers {dead}");
+        if ok || !stderr.contains(&want) {
+            return Err(format!(
+                "run with no broker: ok={ok}, wanted {want:?} in: {stderr}"
+            ));
+        }
+        if took > Duration::from_secs(5) {
+            return Err(format!(
+                "run with no broker took {:.1} s to give up",
+                took.as_secs_f64()
+            ));
+        }
+        if sock.exists() {
+            return Err("the VM's disk was served although the sink is unusable".into());
+        }
+
+        let (broker, _) = Broker::start(dir, None);
+        let brokers = broker.brokers();
+        create_topic(&brokers, "other", 1);
+        let (ok, stderr, took) = run(&run_config(&img, &sock, &brokers, "events"), "run-topic")?;
+        eprintln!(
+            "missing topic: {:.2} s: {}",
+            took.as_secs_f64(),
+            stderr.trim_end()
+        );
+        let want = "sink \"logs\": health check failed: topic \"events\" does not exist";
+        if ok || !stderr.contains(want) {
+            return Err(format!(
+                "run without the topic: ok={ok}, wanted {want:?} in: {stderr}"
+            ));
+        }
+        if sock.exists() {
+            return Err("the VM's disk was served although the topic is missing".into());
+        }
+        Ok(())
+    });
+}
+
+/// The line `op_append_lines PATH PREFIX N` appends `N` of (testbed/guest/lib.sh).
+fn guest_lines(prefix: &str, n: usize) -> String {
+    (0..n)
+        .map(|i| format!("{prefix} line {i}: the quick brown fox jumps over the lazy dog\n"))
+        .collect()
+}
+
+/// (e) `gammaray run` → `[[route]]` → Kafka sink → a consumer group that
+/// rebuilds a guest's log files from the `modify` events' offset and data.
+/// Ground truth: the lines the guest appended (the workload's known text)
+/// and the sha256 of each file computed inside the guest.
+#[test]
+fn kafka_run_live_guest_log_rebuilt_by_a_consumer_group() {
+    let name = "kafka_run_live_guest_log_rebuilt_by_a_consumer_group";
+    if !tansu_available(name) || !gammaray_testbed::guest_available(name) {
+        return;
+    }
+    use gammaray_testbed::{disk, Drive, FsKind, Guest, RunSpec};
+    use sha2::Digest;
+    common::in_temp_dir(name, |dir| {
+        let (broker, _) = Broker::start(dir, None);
+        let brokers = broker.brokers();
+        create_topic(&brokers, "live-logs", 3);
+        let img = dir.join("disk.img");
+        disk::make_base_image(FsKind::Ext4, &img, disk::DEFAULT_DISK_MIB)
+            .map_err(|e| e.to_string())?;
+        let sock = dir.join("nbd.sock");
+        let mut engine = common::engine::Engine::with_config(
+            dir,
+            &run_config(&img, &sock, &brokers, "live-logs"),
+        )?;
+        engine.wait_serving(std::slice::from_ref(&sock))?;
+        // Two logs (two keys, so possibly two partitions), appended to in
+        // rounds that end mid-block, a sync after each round: every sync
+        // rewrites each log's last block, so the events overlap.
+        let logs = ["/var/log/kafka.log", "/var/log/app/access.log"];
+        let mut script = String::from("op_mkdir /var/log/app\n");
+        let mut want = vec![String::new(); logs.len()];
+        for log in logs {
+            script.push_str(&format!("op_create {log}\n"));
+        }
+        for round in 0..8usize {
+            for (i, log) in logs.iter().enumerate() {
+                let (prefix, n) = (format!("r{round}f{i}"), 5 + 11 * round + 17 * i);
+                script.push_str(&format!("op_append_lines {log} {prefix} {n}\n"));
+                want[i].push_str(&guest_lines(&prefix, n));
+            }
+            script.push_str("op_sync\n");
+        }
+        script.push_str(&format!("op_append {} \"last words\"\nop_sync\n", logs[0]));
+        want[0].push_str("last words\n");
+        let out = Guest::new()
+            .map_err(|e| e.to_string())?
+            .run(&RunSpec::new(dir, script, FsKind::Ext4, Drive::Nbd(sock)))
+            .map_err(|e| format!("guest: {e}"));
+        let err = engine.finish();
+        let out = out?;
+        err?;
+
+        // The engine has exited, so every message is on the broker.
+        let msgs = consume_until_idle(
+            &brokers,
+            "live-logs",
+            Duration::from_secs(3),
+            Duration::from_secs(60),
+        );
+        for (log, want) in logs.iter().zip(&want) {
+            let truth = out
+                .truth
+                .listing
+                .iter()
+                .find(|e| e.path == *log)
+                .ok_or_else(|| format!("the guest did not list {log}"))?;
+            let guest_sha = truth.sha256.clone().ok_or("no sha256 from the guest")?;
+            if truth.size != want.len() as u64
+                || hex::encode(sha2::Sha256::digest(want.as_bytes())) != guest_sha
+            {
+                return Err(format!(
+                    "the guest's {log} ({} bytes) is not the workload's text ({} bytes)",
+                    truth.size,
+                    want.len()
+                ));
+            }
+            let key = format!("h:app:{log}");
+            let mut events = Vec::new();
+            let mut last_seq = None;
+            for m in msgs
+                .iter()
+                .filter(|m| m.key.as_deref() == Some(key.as_str()))
+            {
+                let text = String::from_utf8(m.value.clone()).map_err(|e| e.to_string())?;
+                let ev = gammaray_testbed::expect::parse_events(&text)?
+                    .pop()
+                    .ok_or("an empty message")?;
+                let seq = m.json()["seq"].as_u64().ok_or("no seq")?;
+                if last_seq.is_some_and(|l| l >= seq) {
+                    return Err(format!("key {key}: seq {seq} after {last_seq:?}"));
+                }
+                last_seq = Some(seq);
+                events.push(ev);
+            }
+            let modifies = events.iter().filter(|e| e.event == "modify").count();
+            let partitions: std::collections::BTreeSet<i32> = msgs
+                .iter()
+                .filter(|m| m.key.as_deref() == Some(key.as_str()))
+                .map(|m| m.partition)
+                .collect();
+            eprintln!(
+                "{name}: {} messages consumed, {} for {key} ({modifies} modify) on partitions {partitions:?}",
+                msgs.len(),
+                events.len()
+            );
+            if !events.iter().any(|e| e.event == "create") {
+                return Err(format!("no create event for {log}"));
+            }
+            // Rebuild: each modify's data at its offset, then its size.
+            let mut file: Vec<u8> = Vec::new();
+            for e in events.iter().filter(|e| e.event == "modify") {
+                if let (Some(off), Some(data)) = (e.offset, e.data()) {
+                    let off = usize::try_from(off).map_err(|e| e.to_string())?;
+                    let end = off + data.len();
+                    if file.len() < end {
+                        file.resize(end, 0);
+                    }
+                    file[off..end].copy_from_slice(&data);
+                }
+                if let Some(n) = e.size {
+                    file.resize(usize::try_from(n).map_err(|e| e.to_string())?, 0);
+                }
+            }
+            let got_sha = hex::encode(sha2::Sha256::digest(&file));
+            if got_sha != guest_sha {
+                let first_diff = file
+                    .iter()
+                    .zip(want.as_bytes())
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(file.len().min(want.len()));
+                return Err(format!(
+                    "{log} rebuilt from Kafka: {} bytes, sha256 {got_sha}; the guest's: {} bytes, \
+                     sha256 {guest_sha}; first difference at byte {first_diff}",
+                    file.len(),
+                    truth.size
+                ));
+            }
+        }
+        Ok(())
+    });
 }

@@ -36,7 +36,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gammaray_config::{is_topic_char, KafkaEncoding, KafkaKey, KafkaSinkConfig, KafkaWhenFull};
 use gammaray_core::{EventKind, FileEvent, FileType, LostReason};
@@ -56,6 +56,9 @@ const DROP_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a blocked `send` re-checks the buffer (it is also woken by
 /// every delivery report).
 const BLOCK_POLL: Duration = Duration::from_millis(50);
+/// How long one metadata request of the health check may take before the
+/// check looks at whether every broker is down.
+const HEALTH_STEP: Duration = Duration::from_millis(250);
 
 /// Delivery opaque bits: the message is the event's first (the one that
 /// counts in the stats) ...
@@ -75,6 +78,10 @@ struct Shared {
     /// Acknowledged messages of any kind: the broker is reachable when
     /// this grows.
     acked: AtomicU64,
+    /// How many times librdkafka reported every broker down, and why the
+    /// last time (for the health check).
+    all_down: AtomicU64,
+    all_down_reason: Mutex<String>,
 }
 
 impl Shared {
@@ -109,6 +116,14 @@ impl ClientContext for Ctx {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            *self
+                .shared
+                .all_down_reason
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = reason.to_string();
+            self.shared.all_down.fetch_add(1, Ordering::Relaxed);
+        }
         // Transport errors repeat while a broker is down; librdkafka
         // retries by itself.
         tracing::info!(sink = %self.sink, "librdkafka: {error}: {reason}");
@@ -235,37 +250,60 @@ impl KafkaSink {
     /// The health check (Vector's): asks the brokers for metadata within
     /// `timeout`, and when the topic has no placeholder, checks that it
     /// exists (gammaray does not create topics, and librdkafka would hold
-    /// messages for a missing topic until it appears). Both a broker that
-    /// does not answer and a missing topic are [`SinkError::Config`]. The
-    /// sink works without the check: the engine may start before the
-    /// brokers do.
+    /// messages for a missing topic until it appears). A broker that does
+    /// not answer and a missing topic are [`SinkError::Config`]; when
+    /// librdkafka finds every bootstrap broker down (connection refused,
+    /// unknown host) the check fails then, without waiting for `timeout`.
+    /// The sink itself works without the check (messages wait for the
+    /// brokers); `gammaray run` and `replay --sink` run it at start
+    /// ([`crate::build_checked`]).
     pub fn health_check(&self, timeout: Duration) -> Result<(), SinkError> {
+        let fail = |message: String| SinkError::Config {
+            sink: self.name.clone(),
+            message: format!("health check failed: {message}"),
+        };
         let topic = self.fixed_topic.as_deref();
-        let md = self
-            .producer
-            .client()
-            .fetch_metadata(topic, timeout)
-            .map_err(|e| SinkError::Config {
-                sink: self.name.clone(),
-                message: format!(
-                    "no metadata from brokers {} within {} ms: {e}",
-                    self.cfg.brokers,
-                    timeout.as_millis()
-                ),
-            })?;
+        let down_before = self.shared.all_down.load(Ordering::Relaxed);
+        let deadline = Instant::now() + timeout;
+        let md = loop {
+            // Short requests, so that "every broker down" ends the wait.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let step = left.min(HEALTH_STEP).max(Duration::from_millis(1));
+            match self.producer.client().fetch_metadata(topic, step) {
+                Ok(md) => break md,
+                Err(e) => {
+                    if self.shared.all_down.load(Ordering::Relaxed) > down_before {
+                        let reason = self
+                            .shared
+                            .all_down_reason
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .clone();
+                        return Err(fail(format!(
+                            "cannot reach Kafka brokers {}: every broker is down ({reason})",
+                            self.cfg.brokers
+                        )));
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(fail(format!(
+                            "no metadata from Kafka brokers {} within {} ms: {e}",
+                            self.cfg.brokers,
+                            timeout.as_millis()
+                        )));
+                    }
+                }
+            }
+        };
         if let Some(t) = topic {
             let found = md
                 .topics()
                 .iter()
                 .any(|m| m.name() == t && m.error().is_none() && !m.partitions().is_empty());
             if !found {
-                return Err(SinkError::Config {
-                    sink: self.name.clone(),
-                    message: format!(
-                        "topic {t:?} does not exist on brokers {} (gammaray does not create topics)",
-                        self.cfg.brokers
-                    ),
-                });
+                return Err(fail(format!(
+                    "topic {t:?} does not exist on brokers {} (gammaray does not create topics)",
+                    self.cfg.brokers
+                )));
             }
         }
         Ok(())
@@ -715,6 +753,32 @@ mod tests {
         assert_eq!(sink.stats().dropped, 2, "{:?}", sink.stats());
         assert_eq!(sink.in_flight(), 2);
         assert_eq!(sink.stats().sent, 0);
+    }
+
+    #[test]
+    fn the_health_check_gives_up_on_refused_connections_before_its_timeout() {
+        // Nothing listens on port 1: librdkafka finds every broker down
+        // and the check says so without waiting 30 s.
+        let sink = KafkaSink::new("k", &KafkaSinkConfig::new("127.0.0.1:1")).unwrap();
+        let t0 = std::time::Instant::now();
+        let e = sink
+            .health_check(Duration::from_secs(30))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "sink \"k\": health check failed: cannot reach Kafka brokers 127.0.0.1:1"
+            ),
+            "{e}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+        // Through the registry: the same error.
+        let cfg = crate::SinkConfig::Kafka(KafkaSinkConfig::new("127.0.0.1:1"));
+        let e = crate::build_checked("k", &cfg, Duration::from_secs(30))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("cannot reach Kafka brokers"), "{e}");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! sequence number ([`Stamped`]), asks the [`Router`] which sinks the
 //! event's channel `host:vm:/path` goes to (from `[[route]]` in
 //! `gammaray.toml`), and hands batches to each [`Sink`]. Sinks are built
-//! from `[sinks.NAME]` tables by [`build`], the one registry of sink types.
+//! from `[sinks.NAME]` tables by [`build`], the one registry of sink types
+//! ([`build_checked`] also checks that a sink's server answers, for start-up).
 //!
 //! Sink types now: `stdout` and `file` (JSON lines in DESIGN.md's event
 //! shape, one module each), `redis` (cloud-inotify: pub/sub on channels
@@ -57,6 +58,7 @@ pub mod stdout;
 
 use std::io::{self, Write};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use gammaray_config::SinkConfig;
 use gammaray_core::FileEvent;
@@ -190,6 +192,33 @@ pub fn build(name: &str, cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
         SinkConfig::Redis(c) => Box::new(redis::RedisSink::new(name, c)?),
         SinkConfig::Kafka(c) => Box::new(kafka::KafkaSink::new(name, c)?),
     })
+}
+
+/// How long [`build_checked`] waits for a Kafka sink's brokers to answer.
+pub const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Builds a sink as [`build`] does, then checks now that it can deliver:
+/// a Redis sink's server answers `PING` ([`redis::RedisSink::new`] does
+/// that), a Kafka sink's brokers answer within `kafka_timeout` and its
+/// topic exists ([`kafka::KafkaSink::health_check`]); `stdout` and `file`
+/// are checked by opening them. What `gammaray run` and `replay --sink`
+/// start with, so that an unreachable server or a missing topic stops them
+/// at once with an error naming the sink (`sink "NAME": health check
+/// failed: …`), instead of events waiting in a buffer for a server that
+/// never comes.
+pub fn build_checked(
+    name: &str,
+    cfg: &SinkConfig,
+    kafka_timeout: Duration,
+) -> Result<Box<dyn Sink>, SinkError> {
+    match cfg {
+        SinkConfig::Kafka(c) => {
+            let sink = kafka::KafkaSink::new(name, c)?;
+            sink.health_check(kafka_timeout)?;
+            Ok(Box::new(sink))
+        }
+        _ => build(name, cfg),
+    }
 }
 
 /// Why a `--sink URL` is not usable.

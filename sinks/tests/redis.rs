@@ -674,3 +674,43 @@ fn subscriber_resubscribes_after_a_server_restart() {
     }
     assert_eq!(seen, Some(evs[1].seq), "the monitor subscribed again");
 }
+
+/// A batch larger than two pipelines (`PIPELINE_COMMANDS` each, the last
+/// one partial) arrives whole and in order, and `send` returns once all
+/// are answered. Compared with the JSON of each event handed to the sink.
+#[test]
+fn a_batch_of_several_pipelines_arrives_whole_and_in_order() {
+    if !redis_available("a_batch_of_several_pipelines_arrives_whole_and_in_order") {
+        return;
+    }
+    let server = RedisServer::start();
+    let raw = RawSub::new(&server.url(), "*");
+    let mut cfg = RedisSinkConfig::new(server.url());
+    cfg.encoding = gammaray_config::RedisEncoding::Json;
+    let mut sink = RedisSink::new("cloud", &cfg).unwrap();
+    let n = 2 * gammaray_sinks::redis::PIPELINE_COMMANDS + 17;
+    let evs: Vec<Arc<Stamped>> = (0..n)
+        .map(|i| {
+            let mut e = FileEvent::new(
+                1,
+                EventKind::Modify,
+                format!("/var/log/f{}.log", i % 5),
+                FileType::File,
+                12 + (i % 5) as u64,
+            );
+            e.offset = Some(i as u64 * 64);
+            e.len = Some(64);
+            e.data = Some(data(64, i as u32));
+            Arc::new(Stamped::new(i as u64 + 1, "h".into(), "v".into(), e))
+        })
+        .collect();
+    sink.send(&evs).unwrap();
+    let st = sink.stats();
+    assert_eq!((st.sent, st.failed, st.dropped), (n as u64, 0, 0), "{st:?}");
+    let got = raw.finish(n);
+    assert_eq!(got.len(), n);
+    for ((channel, payload), sent) in got.iter().zip(&evs) {
+        assert_eq!(channel, &sent.channel());
+        assert_eq!(std::str::from_utf8(payload).unwrap(), sent.to_json());
+    }
+}

@@ -299,12 +299,16 @@ pub struct Routed {
 }
 
 impl Routed {
-    /// Builds every sink of `cfg` and its router.
+    /// Builds every sink of `cfg` and its router. Each sink's server is
+    /// checked now (Redis `PING`, Kafka metadata and topic): a sink that
+    /// cannot deliver stops `run` before any VM is served.
     pub fn new(cfg: &gammaray_config::Config) -> Result<Self> {
         let names: Vec<String> = cfg.sinks.keys().cloned().collect();
         let mut sinks = Vec::new();
         for (name, sc) in &cfg.sinks {
-            let sink = gammaray_sinks::build(name, sc).with_context(|| format!("sinks.{name}"))?;
+            // The error names the sink already (`sink "NAME": …`).
+            let sink =
+                gammaray_sinks::build_checked(name, sc, gammaray_sinks::HEALTH_CHECK_TIMEOUT)?;
             sinks.push(Mutex::new(sink));
         }
         let router = Router::new(&cfg.route, &names).context("route")?;
