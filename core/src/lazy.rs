@@ -13,9 +13,12 @@
 //! The file starts with a slot table indexed by file id: slot `id` is 12
 //! bytes at `id * 12`, the little-endian offset (`u64`, 0 for none) and
 //! length (`u32`) of the file's record. Records follow the table, each a
-//! sequence of varints (see [`crate::varint`]). Ids above the largest one
-//! written at creation, and every saved version, are found through a map
-//! held in memory (one entry per file saved since the start).
+//! sequence of varints (see [`crate::varint`]). A saved version is
+//! appended and its slot rewritten; ids above the largest one written at
+//! creation have no slot and are found through a map held in memory (one
+//! entry per such file saved). The file only grows: every saved version
+//! takes its own bytes (a long-lived engine whose guest churns through
+//! many files grows it; it is not compacted).
 //!
 //! The scratch file is created in a directory of the host and unlinked at
 //! once: it disappears with the process. It is read back with the same
@@ -103,7 +106,7 @@ pub struct MetaStore {
     file: File,
     /// Slots in the table (ids `0..slots`).
     slots: u64,
-    /// Where newer versions (and ids past the table) are.
+    /// Where the saved ids past the table are.
     moved: HashMap<FileId, (u64, u32)>,
     /// End of the file: where the next record goes.
     end: u64,
@@ -236,7 +239,15 @@ impl MetaStore {
         self.file
             .write_all_at(&buf, self.end)
             .map_err(|e| io_err(&self.path, self.end, e))?;
-        self.moved.insert(id, (self.end, len));
+        if id < self.slots {
+            // Its slot now points at the new version: nothing in memory.
+            let mut slot = [0u8; SLOT as usize];
+            slot[..8].copy_from_slice(&self.end.to_le_bytes());
+            slot[8..].copy_from_slice(&len.to_le_bytes());
+            write_table(&self.file, &self.path, id, &slot)?;
+        } else {
+            self.moved.insert(id, (self.end, len));
+        }
         self.end += u64::from(len);
         Ok(())
     }
@@ -272,7 +283,7 @@ impl MetaStore {
         self.end
     }
 
-    /// Files saved since creation (the map of newer versions held in memory).
+    /// Files saved whose ids have no slot (the map held in memory).
     pub fn saved_files(&self) -> usize {
         self.moved.len()
     }
@@ -549,7 +560,16 @@ mod tests {
         assert_eq!(s.load(12).unwrap(), newer);
         assert_eq!(s.load(1 << 40).unwrap(), far);
         assert_eq!(s.ids().unwrap(), vec![2, 11, 12, 40_000, 1 << 40]);
-        assert_eq!(s.saved_files(), 2);
+        // File 12's slot was rewritten in place; only the id past the
+        // table is in memory.
+        assert_eq!(s.saved_files(), 1);
+        // An id inside the table that had no slot gets one.
+        let mut mid = newer.clone();
+        mid.record.as_mut().unwrap().id = 13;
+        s.save(13, &mid).unwrap();
+        assert_eq!(s.load(13).unwrap(), mid);
+        assert_eq!(s.ids().unwrap(), vec![2, 11, 12, 13, 40_000, 1 << 40]);
+        assert_eq!(s.saved_files(), 1);
     }
 
     #[test]
