@@ -169,6 +169,7 @@ fn scan(bytes: &[u8]) -> Result<Scan> {
     // snapshot.
     let mut listing: Option<(Option<String>, RawListing)> = None;
     let mut errors = Vec::new();
+    let mut io_errors = 0usize;
     let mut done = false;
     let mut saw_ops = false;
     let mut saw_listing = false;
@@ -179,6 +180,16 @@ fn scan(bytes: &[u8]) -> Result<Scan> {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
         if let Some(m) = line.strip_prefix("GR-ERROR ") {
             errors.push(m.to_string());
+            continue;
+        }
+        if line.contains("I/O error, dev ") {
+            // The guest kernel's own report of a failed request: its disk
+            // does not hold what the workload wrote, so the run proves
+            // nothing (the first few are kept, the rest counted).
+            io_errors += 1;
+            if io_errors <= MAX_KERNEL_IO_ERRORS {
+                errors.push(format!("kernel: {}", line.trim()));
+            }
             continue;
         }
         if line == "GR-END-LISTING" {
@@ -223,6 +234,12 @@ fn scan(bytes: &[u8]) -> Result<Scan> {
         }
     }
 
+    if io_errors > MAX_KERNEL_IO_ERRORS {
+        errors.push(format!(
+            "kernel: {} more I/O errors",
+            io_errors - MAX_KERNEL_IO_ERRORS
+        ));
+    }
     Ok(Scan {
         truth,
         errors,
@@ -232,6 +249,9 @@ fn scan(bytes: &[u8]) -> Result<Scan> {
         rc,
     })
 }
+
+/// Kernel I/O error lines quoted in a failed run's message.
+const MAX_KERNEL_IO_ERRORS: usize = 3;
 
 fn guest_errors(scan: &Scan) -> Result<()> {
     let Scan {
@@ -423,6 +443,24 @@ S|41ed|0|0|4096|3|1700000000|/mnt\r\nGR-END-LISTING\r\nOP snapshot mid\r\n",
             parse_serial(s.as_bytes()),
             Err(Error::Guest { .. })
         ));
+    }
+
+    #[test]
+    fn kernel_io_errors_fail_the_run() {
+        // As a guest prints them when its disk refuses writes (QEMU's
+        // blklogwrites failing a request whose log entry it cannot write).
+        let line = "[    3.581197] I/O error, dev vda, sector 280576 op 0x1:(WRITE) flags 0x4000 phys_seg 254 prio class 2\n";
+        let s = SAMPLE.replace("GR-DONE", &format!("{}GR-DONE", line.repeat(5)));
+        match parse_serial(s.as_bytes()) {
+            Err(Error::Guest { message, .. }) => {
+                assert!(
+                    message.contains("kernel: [    3.581197] I/O error, dev vda, sector 280576"),
+                    "{message}"
+                );
+                assert!(message.contains("kernel: 2 more I/O errors"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
