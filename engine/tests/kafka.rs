@@ -198,12 +198,10 @@ impl Msg {
     }
 }
 
-/// Reads `topic` from the beginning in a fresh consumer group until
-/// `want` messages came, then one more second to catch surplus ones (the
-/// broker's high watermark is not to be trusted, so no end-of-partition
-/// logic).
-fn consume(brokers: &str, topic: &str, want: usize, timeout: Duration) -> Vec<Msg> {
-    let group = format!("gr-test-{}-{}", topic, std::process::id());
+/// A consumer in a fresh group (`PREFIX-TOPIC-PID`) subscribed to
+/// `topic`, reading from the beginning.
+fn subscribed(brokers: &str, topic: &str, prefix: &str) -> BaseConsumer {
+    let group = format!("{prefix}-{}-{}", topic, std::process::id());
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", &group)
@@ -212,6 +210,15 @@ fn consume(brokers: &str, topic: &str, want: usize, timeout: Duration) -> Vec<Ms
         .create()
         .expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
+    consumer
+}
+
+/// Reads `topic` from the beginning in a fresh consumer group until
+/// `want` messages came, then one more second to catch surplus ones (the
+/// broker's high watermark is not to be trusted, so no end-of-partition
+/// logic).
+fn consume(brokers: &str, topic: &str, want: usize, timeout: Duration) -> Vec<Msg> {
+    let consumer = subscribed(brokers, topic, "gr-test");
     let mut out = Vec::new();
     let started = Instant::now();
     let mut done_at: Option<Instant> = None;
@@ -241,15 +248,7 @@ fn consume(brokers: &str, topic: &str, want: usize, timeout: Duration) -> Vec<Ms
 /// message came for `idle` after the first one (the producer is done
 /// before this is called), or `timeout` passed.
 fn consume_until_idle(brokers: &str, topic: &str, idle: Duration, timeout: Duration) -> Vec<Msg> {
-    let group = format!("gr-idle-{}-{}", topic, std::process::id());
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", &group)
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "true")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
+    let consumer = subscribed(brokers, topic, "gr-idle");
     let mut out = Vec::new();
     let started = Instant::now();
     let mut last = None::<Instant>;
