@@ -12,26 +12,22 @@
 //! (acks all, idempotent, linger 5 ms). Prints events/s and MB/s (value
 //! bytes) for each, and the sink's overhead.
 
+#[path = "shared/bench.rs"]
+mod bench;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gammaray_config::KafkaSinkConfig;
-use gammaray_core::{EventKind, FileEvent, FileType};
 use gammaray_sinks::kafka::KafkaSink;
 use gammaray_sinks::{Sink, Stamped};
+
+use bench::{arg, modify_events};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-
-fn arg(args: &[String], name: &str, default: &str) -> String {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| default.to_string())
-}
 
 fn create_topic(brokers: &str, topic: &str) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -61,30 +57,7 @@ fn main() {
     let batch: usize = arg(&args, "--batch", "256").parse().expect("--batch");
     let rounds: u32 = arg(&args, "--rounds", "3").parse().expect("--rounds");
 
-    let vms: Vec<Arc<str>> = (0..4).map(|i| Arc::from(format!("vm{i}"))).collect();
-    let host: Arc<str> = "bench".into();
-    let bytes = bytes::Bytes::from(vec![b'x'; data]);
-    let events: Vec<Arc<Stamped>> = (0..n)
-        .map(|i| {
-            let mut e = FileEvent::new(
-                1,
-                EventKind::Modify,
-                format!("/var/log/f{}.log", i % 64),
-                FileType::File,
-                12 + i % 64,
-            );
-            e.offset = Some(i * data as u64);
-            e.len = Some(data as u64);
-            e.size = Some((i + 1) * data as u64);
-            e.data = Some(bytes.clone());
-            Arc::new(Stamped::new(
-                i / 4 + 1,
-                host.clone(),
-                vms[(i % 4) as usize].clone(),
-                e,
-            ))
-        })
-        .collect();
+    let events: Vec<Arc<Stamped>> = modify_events(n, data);
     // The raw producer's input: value, key, headers, encoded beforehand.
     let raw: Vec<(String, String, String, &'static str)> = events
         .iter()

@@ -13,22 +13,18 @@
 //! every message. Prints events/s and MB/s (payload bytes) for each, and
 //! the sink's overhead.
 
+#[path = "shared/bench.rs"]
+mod bench;
+
 use std::sync::Arc;
 use std::time::Instant;
 
 use gammaray_config::{RedisEncoding, RedisSinkConfig};
-use gammaray_core::{EventKind, FileEvent, FileType};
 use gammaray_sinks::redis::payload::encode;
 use gammaray_sinks::redis::{RedisSink, PIPELINE_COMMANDS};
 use gammaray_sinks::{Sink, Stamped};
 
-fn arg(args: &[String], name: &str, default: &str) -> String {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| default.to_string())
-}
+use bench::{arg, modify_events};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -38,30 +34,7 @@ fn main() {
     let batch: usize = arg(&args, "--batch", "256").parse().expect("--batch");
     let rounds: u32 = arg(&args, "--rounds", "3").parse().expect("--rounds");
 
-    let vms: Vec<Arc<str>> = (0..4).map(|i| Arc::from(format!("vm{i}"))).collect();
-    let host: Arc<str> = "bench".into();
-    let bytes = bytes::Bytes::from(vec![b'x'; data]);
-    let events: Vec<Arc<Stamped>> = (0..n)
-        .map(|i| {
-            let mut e = FileEvent::new(
-                1,
-                EventKind::Modify,
-                format!("/var/log/f{}.log", i % 64),
-                FileType::File,
-                12 + i % 64,
-            );
-            e.offset = Some(i * data as u64);
-            e.len = Some(data as u64);
-            e.size = Some((i + 1) * data as u64);
-            e.data = Some(bytes.clone());
-            Arc::new(Stamped::new(
-                i / 4 + 1,
-                host.clone(),
-                vms[(i % 4) as usize].clone(),
-                e,
-            ))
-        })
-        .collect();
+    let events: Vec<Arc<Stamped>> = modify_events(n, data);
     let mut raw = Vec::new();
     let t0 = Instant::now();
     for s in &events {
