@@ -17,15 +17,11 @@
 //! (preceded by an empty line, except the first). `-q` never prints
 //! headers, `-v` always does.
 
-use std::collections::HashMap;
-use std::io::{self, Write};
-use std::sync::atomic::Ordering;
-use std::time::Duration;
-
-use anyhow::{Context, Result};
+use anyhow::Result;
 use gammaray_sinks::redis::ReceivedEvent;
+use std::collections::HashMap;
 
-use crate::watch::{is_closed, stop_flag, subscribe, Dedup, RedisArgs};
+use crate::watch::{follow, RedisArgs};
 
 /// Arguments of `gammaray tail`.
 #[derive(Debug, clap::Args)]
@@ -143,41 +139,19 @@ pub fn run(args: &TailArgs) -> Result<()> {
     } else {
         args.verbose || args.patterns.len() > 1 || args.patterns.iter().any(|p| is_glob(p))
     };
-    let stop = stop_flag()?;
-    let mut sub = subscribe(&args.redis, &args.patterns)?;
-    let mut dedup = Dedup::default();
     let mut tailer = Tailer::new(headers);
-    let stdout = io::stdout();
-    while !stop.load(Ordering::Relaxed) {
-        let Some(msg) = sub.next(Duration::from_millis(200))? else {
-            continue;
-        };
-        let e = match msg.event {
-            Ok(e) => e,
-            Err(err) => {
-                eprintln!("gammaray: {}: undecodable message: {err}", msg.channel);
-                continue;
+    follow(
+        &args.redis,
+        &args.patterns,
+        |_| true,
+        |e| {
+            let out = tailer.event(e);
+            if let Some(note) = out.note {
+                eprintln!("gammaray: {note}");
             }
-        };
-        if dedup.seen(&e) {
-            continue;
-        }
-        let out = tailer.event(&e);
-        if let Some(note) = out.note {
-            eprintln!("gammaray: {note}");
-        }
-        if out.stdout.is_empty() {
-            continue;
-        }
-        let mut w = stdout.lock();
-        if let Err(err) = w.write_all(&out.stdout).and_then(|()| w.flush()) {
-            if is_closed(&err) {
-                return Ok(());
-            }
-            return Err(err).context("writing to stdout");
-        }
-    }
-    Ok(())
+            out.stdout
+        },
+    )
 }
 
 #[cfg(test)]

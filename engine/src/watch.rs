@@ -214,7 +214,7 @@ pub fn kinds(events: &[String]) -> Result<Vec<String>> {
 /// of the same connection, or a `move` published on two channels), so a
 /// short memory is enough.
 #[derive(Debug, Default)]
-pub struct Dedup {
+struct Dedup {
     recent: std::collections::VecDeque<(String, String, u64, Option<u64>)>,
 }
 
@@ -222,7 +222,7 @@ impl Dedup {
     const KEEP: usize = 16;
 
     /// Whether `e` was seen recently; records it.
-    pub fn seen(&mut self, e: &ReceivedEvent) -> bool {
+    fn seen(&mut self, e: &ReceivedEvent) -> bool {
         let key = (e.host.clone(), e.vm.clone(), e.seq, e.piece);
         if self.recent.contains(&key) {
             return true;
@@ -236,7 +236,7 @@ impl Dedup {
 }
 
 /// SIGINT/SIGTERM set the returned flag.
-pub fn stop_flag() -> Result<Arc<AtomicBool>> {
+fn stop_flag() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing a signal handler")?;
@@ -245,7 +245,7 @@ pub fn stop_flag() -> Result<Arc<AtomicBool>> {
 }
 
 /// Connects and subscribes, telling stderr when it is listening.
-pub fn subscribe(args: &RedisArgs, patterns: &[String]) -> Result<RedisSubscriber> {
+fn subscribe(args: &RedisArgs, patterns: &[String]) -> Result<RedisSubscriber> {
     let sub = RedisSubscriber::connect(
         &args.redis,
         args.user.as_deref(),
@@ -262,16 +262,22 @@ pub fn subscribe(args: &RedisArgs, patterns: &[String]) -> Result<RedisSubscribe
 }
 
 /// Whether an I/O error means the reader went away.
-pub fn is_closed(e: &io::Error) -> bool {
+fn is_closed(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::BrokenPipe
 }
 
-/// Runs `gammaray watch`.
-pub fn run(args: &WatchArgs) -> Result<()> {
-    let format = args.format.as_deref().map(Format::parse).transpose()?;
-    let only = kinds(&args.events)?;
+/// The loop of `watch` and `tail`: subscribes to `patterns` and, until
+/// SIGINT/SIGTERM, hands every decoded event that `accept` wants and that
+/// was not seen already ([`Dedup`]) to `render`, and writes what it
+/// returns to stdout. Ends cleanly when stdout's reader goes away.
+pub fn follow(
+    redis: &RedisArgs,
+    patterns: &[String],
+    accept: impl Fn(&ReceivedEvent) -> bool,
+    mut render: impl FnMut(&ReceivedEvent) -> Vec<u8>,
+) -> Result<()> {
     let stop = stop_flag()?;
-    let mut sub = subscribe(&args.redis, &args.patterns)?;
+    let mut sub = subscribe(redis, patterns)?;
     let mut dedup = Dedup::default();
     let stdout = io::stdout();
     while !stop.load(Ordering::Relaxed) {
@@ -285,17 +291,15 @@ pub fn run(args: &WatchArgs) -> Result<()> {
                 continue;
             }
         };
-        if (!only.is_empty() && !only.contains(&e.event)) || dedup.seen(&e) {
+        if !accept(&e) || dedup.seen(&e) {
             continue;
         }
-        let mut line = match (&format, args.json) {
-            (_, true) => e.to_json(),
-            (Some(f), false) => f.line(&e),
-            (None, false) => default_line(&e),
-        };
-        line.push('\n');
+        let bytes = render(&e);
+        if bytes.is_empty() {
+            continue;
+        }
         let mut out = stdout.lock();
-        if let Err(err) = out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
+        if let Err(err) = out.write_all(&bytes).and_then(|()| out.flush()) {
             if is_closed(&err) {
                 return Ok(());
             }
@@ -303,6 +307,26 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs `gammaray watch`.
+pub fn run(args: &WatchArgs) -> Result<()> {
+    let format = args.format.as_deref().map(Format::parse).transpose()?;
+    let only = kinds(&args.events)?;
+    follow(
+        &args.redis,
+        &args.patterns,
+        |e| only.is_empty() || only.contains(&e.event),
+        |e| {
+            let mut line = match (&format, args.json) {
+                (_, true) => e.to_json(),
+                (Some(f), false) => f.line(e),
+                (None, false) => default_line(e),
+            };
+            line.push('\n');
+            line.into_bytes()
+        },
+    )
 }
 
 #[cfg(test)]
