@@ -666,6 +666,16 @@ fn drain(sink: &KafkaSink, within: Duration) {
     }
 }
 
+/// A broker in `dir` whose advertised address is a [`Proxy`] in front of
+/// it: clients connect through the proxy, which the outage tests pause.
+fn broker_behind_proxy(dir: &Path) -> (Broker, Proxy) {
+    let target = Arc::new(Mutex::new(None));
+    let proxy = Proxy::start(target.clone());
+    let (broker, port) = Broker::start(dir, Some(proxy.port));
+    *target.lock().unwrap() = Some(port);
+    (broker, proxy)
+}
+
 /// (c) The broker unreachable mid-run, then back: `block` holds `send`
 /// back and loses nothing, per-key order kept.
 #[test]
@@ -674,10 +684,7 @@ fn kafka_outage_block_loses_nothing() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let target = Arc::new(Mutex::new(None));
-    let proxy = Proxy::start(target.clone());
-    let (broker, port) = Broker::start(dir.path(), Some(proxy.port));
-    *target.lock().unwrap() = Some(port);
+    let (broker, proxy) = broker_behind_proxy(dir.path());
     let brokers = broker.brokers();
     create_topic(&brokers, "outage-block", 3);
 
@@ -752,10 +759,7 @@ fn kafka_outage_drop_newest_reports_lost() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let target = Arc::new(Mutex::new(None));
-    let proxy = Proxy::start(target.clone());
-    let (broker, port) = Broker::start(dir.path(), Some(proxy.port));
-    *target.lock().unwrap() = Some(port);
+    let (broker, proxy) = broker_behind_proxy(dir.path());
     let brokers = broker.brokers();
     create_topic(&brokers, "outage-drop", 2);
 
