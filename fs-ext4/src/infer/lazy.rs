@@ -97,19 +97,9 @@ impl Ext4Inference {
         ids.extend(self.model.inline.keys().copied());
         ids.sort_unstable();
         ids.dedup();
-        let (files, tree, inline, parents) = (
-            &mut self.model.files,
-            &mut self.model.tree,
-            &mut self.model.inline,
-            &mut self.parents,
-        );
-        let store = MetaStore::create(&dir, &ids, |id| FileMeta {
-            record: files.remove(&id),
-            names: parents.take(id),
-            entries: tree.take_dir(id),
-            inline: inline.remove(&id),
-        })?;
+        let store = MetaStore::create(&dir, &ids, |id| self.take_meta(id))?;
         drop(ids);
+        // Emptied above; new maps also give their capacity back.
         self.model.files = Default::default();
         self.model.tree = Default::default();
         self.model.inline = Default::default();
@@ -231,12 +221,7 @@ impl Ext4Inference {
                 if l.resident <= target {
                     break;
                 }
-                let meta = FileMeta {
-                    record: self.model.files.remove(&id),
-                    names: self.parents.take(id),
-                    entries: self.model.tree.take_dir(id),
-                    inline: self.model.inline.remove(&id),
-                };
+                let meta = self.take_meta(id);
                 if l.changed.contains(&id) {
                     if let Err(e) = l.store.save(id, &meta) {
                         // Kept resident: evicting it would lose it.
@@ -254,6 +239,16 @@ impl Ext4Inference {
             }
         }
         self.lazy = lazy;
+    }
+
+    /// Removes file `id`'s metadata from the resident maps.
+    fn take_meta(&mut self, id: FileId) -> FileMeta {
+        FileMeta {
+            record: self.model.files.remove(&id),
+            names: self.parents.take(id),
+            entries: self.model.tree.take_dir(id),
+            inline: self.model.inline.remove(&id),
+        }
     }
 
     /// Puts file `id`'s metadata in the resident maps (added to whatever
