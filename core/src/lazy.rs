@@ -147,12 +147,7 @@ impl MetaStore {
         let mut buf = Vec::new();
         let mut next_id = 0u64;
         for &id in ids {
-            buf.clear();
-            encode(&meta_of(id), &mut buf);
-            let len = u32::try_from(buf.len())
-                .ok()
-                .filter(|&l| l <= MAX_RECORD_BYTES)
-                .ok_or_else(|| store_err(&store.path, "one file's metadata is too large"))?;
+            let len = encode_record(&meta_of(id), &mut buf, &store.path)?;
             w.write_all(&buf)
                 .map_err(|e| io_err(&store.path, store.end, e))?;
             if id != next_id || table.len() >= TABLE_CHUNK {
@@ -160,8 +155,7 @@ impl MetaStore {
                 table.clear();
                 table_first = id;
             }
-            table.extend_from_slice(&store.end.to_le_bytes());
-            table.extend_from_slice(&len.to_le_bytes());
+            table.extend_from_slice(&slot(store.end, len));
             next_id = id.saturating_add(1);
             store.end += u64::from(len);
         }
@@ -231,20 +225,13 @@ impl MetaStore {
     /// Stores a newer version of file `id`'s metadata.
     pub fn save(&mut self, id: FileId, meta: &FileMeta) -> Result<()> {
         let mut buf = Vec::new();
-        encode(meta, &mut buf);
-        let len = u32::try_from(buf.len())
-            .ok()
-            .filter(|&l| l <= MAX_RECORD_BYTES)
-            .ok_or_else(|| store_err(&self.path, "one file's metadata is too large"))?;
+        let len = encode_record(meta, &mut buf, &self.path)?;
         self.file
             .write_all_at(&buf, self.end)
             .map_err(|e| io_err(&self.path, self.end, e))?;
         if id < self.slots {
             // Its slot now points at the new version: nothing in memory.
-            let mut slot = [0u8; SLOT as usize];
-            slot[..8].copy_from_slice(&self.end.to_le_bytes());
-            slot[8..].copy_from_slice(&len.to_le_bytes());
-            write_table(&self.file, &self.path, id, &slot)?;
+            write_table(&self.file, &self.path, id, &slot(self.end, len))?;
         } else {
             self.moved.insert(id, (self.end, len));
         }
@@ -312,6 +299,24 @@ fn scratch_file(dir: &Path) -> Result<(File, PathBuf)> {
         }
     }
     Err(store_err(dir, "no free scratch file name"))
+}
+
+/// `meta` encoded into `buf` (cleared first); its length.
+fn encode_record(meta: &FileMeta, buf: &mut Vec<u8>, path: &Path) -> Result<u32> {
+    buf.clear();
+    encode(meta, buf);
+    u32::try_from(buf.len())
+        .ok()
+        .filter(|&l| l <= MAX_RECORD_BYTES)
+        .ok_or_else(|| store_err(path, "one file's metadata is too large"))
+}
+
+/// A slot of the table: where a record lies and its length.
+fn slot(off: u64, len: u32) -> [u8; SLOT as usize] {
+    let mut s = [0u8; SLOT as usize];
+    s[..8].copy_from_slice(&off.to_le_bytes());
+    s[8..].copy_from_slice(&len.to_le_bytes());
+    s
 }
 
 fn write_table(file: &File, path: &Path, first: FileId, table: &[u8]) -> Result<()> {
