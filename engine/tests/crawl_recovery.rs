@@ -31,14 +31,11 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::{check_state, crawl_listing, fnv, show, verdict};
+use common::{check_state, crawl_listing, show, touched, verdict};
 use gammaray_core::{FileDevice, NoProgress};
 use gammaray_ext4::crawl::{crawl_home, read_superblock};
 use gammaray_ext4::recovery;
-use gammaray_testbed::{
-    guest_available, listing, needs_recovery, record_crash, truth::split_op, CrashRecording,
-    FsKind, RecordSpec, Workload,
-};
+use gammaray_testbed::{guest_available, listing, needs_recovery, CrashRecording, Workload};
 
 /// `replay_crash.rs`, whose scripts (and so cache key) this test shares.
 const REPLAY_CRASH: &str = include_str!("replay_crash.rs");
@@ -61,52 +58,9 @@ fn recording() -> Result<CrashRecording, String> {
     static REC: OnceLock<Result<CrashRecording, String>> = OnceLock::new();
     REC.get_or_init(|| {
         let (first, second) = (script("FIRST")?, script("SECOND")?);
-        let key = fnv(format!(
-            "{first}\n{second}\n{}\n{}\n{}",
-            include_str!("../../testbed/guest/lib.sh"),
-            include_str!("../../testbed/guest/init.sh"),
-            include_str!("../../testbed/src/record.rs"),
-        )
-        .as_bytes());
-        common::cached(
-            &format!("crash-ext4-{key:016x}"),
-            "truth.jsonl",
-            |dir| CrashRecording::load(dir).map_err(|e| e.to_string()),
-            |tmp| {
-                let mut spec = RecordSpec::new(Workload::Edits, FsKind::Ext4, tmp);
-                spec.script = Some(second.to_string());
-                record_crash(&spec, first)
-                    .map(|_| ())
-                    .map_err(|e| format!("recording the crash: {e}"))
-            },
-        )
+        common::crash_recording(first, second)
     })
     .clone()
-}
-
-/// Paths named by `ops` (arguments starting with `/`) and their parent
-/// directories.
-fn touched(ops: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for o in ops {
-        let Some((_, args)) = split_op(o) else {
-            continue;
-        };
-        for a in args.into_iter().filter(|a| a.starts_with('/')) {
-            let mut p = a.as_str();
-            loop {
-                if !out.iter().any(|x| x == p) {
-                    out.push(p.to_string());
-                }
-                match p.rfind('/') {
-                    Some(0) if p.len() > 1 => p = "/",
-                    Some(i) if i > 0 => p = &p[..i],
-                    _ => break,
-                }
-            }
-        }
-    }
-    out
 }
 
 /// The listing of the crawl of `img`'s home blocks only (no hashes).

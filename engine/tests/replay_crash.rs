@@ -41,11 +41,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use common::{check_ops, check_state, crawl_listing, fnv, verdict, with_sync};
-use gammaray_testbed::{
-    expect, guest_available, needs_recovery, record_crash, truth::split_op, CrashRecording, FsKind,
-    RecordSpec, Workload,
-};
+use common::{check_ops, check_state, crawl_listing, touched, verdict, with_sync};
+use gammaray_testbed::{expect, guest_available, needs_recovery, CrashRecording};
 
 /// The first boot (the recording adds the listing and the crash). Its
 /// first part ends in `sync(2)`, which also writes the committed metadata
@@ -89,53 +86,8 @@ op_rm /srv/data/blob.bin
 
 fn recording() -> Result<CrashRecording, String> {
     static REC: OnceLock<Result<CrashRecording, String>> = OnceLock::new();
-    REC.get_or_init(|| {
-        let key = fnv(format!(
-            "{FIRST}\n{SECOND}\n{}\n{}\n{}",
-            include_str!("../../testbed/guest/lib.sh"),
-            include_str!("../../testbed/guest/init.sh"),
-            include_str!("../../testbed/src/record.rs"),
-        )
-        .as_bytes());
-        common::cached(
-            &format!("crash-ext4-{key:016x}"),
-            "truth.jsonl",
-            |dir| CrashRecording::load(dir).map_err(|e| e.to_string()),
-            |tmp| {
-                let mut spec = RecordSpec::new(Workload::Edits, FsKind::Ext4, tmp);
-                spec.script = Some(SECOND.to_string());
-                record_crash(&spec, FIRST)
-                    .map(|_| ())
-                    .map_err(|e| format!("recording the crash: {e}"))
-            },
-        )
-    })
-    .clone()
-}
-
-/// Paths named by `ops` (arguments starting with `/`) and all their
-/// parent directories.
-fn touched(ops: &[String]) -> Vec<String> {
-    let mut out = Vec::new();
-    for o in ops {
-        let Some((_, args)) = split_op(o) else {
-            continue;
-        };
-        for a in args.into_iter().filter(|a| a.starts_with('/')) {
-            let mut p = a.as_str();
-            loop {
-                if !out.iter().any(|x: &String| x == p) {
-                    out.push(p.to_string());
-                }
-                match p.rfind('/') {
-                    Some(0) if p.len() > 1 => p = "/",
-                    Some(i) if i > 0 => p = &p[..i],
-                    _ => break,
-                }
-            }
-        }
-    }
-    out
+    REC.get_or_init(|| common::crash_recording(FIRST, SECOND))
+        .clone()
 }
 
 fn check_both(dir: &Path) -> Result<(), String> {

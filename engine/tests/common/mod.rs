@@ -367,3 +367,57 @@ pub fn verdict(problems: Vec<String>) -> Result<(), String> {
         Err(problems.join("\n"))
     }
 }
+
+/// The crash recording of `replay_crash.rs` (a first boot running `first`
+/// reset in the middle, then a second boot running `second`), from the
+/// cache or made now; keyed by both scripts and the guest's helpers, so
+/// the tests that share the scripts share the recording.
+pub fn crash_recording(
+    first: &str,
+    second: &str,
+) -> Result<gammaray_testbed::CrashRecording, String> {
+    let key = fnv(format!(
+        "{first}\n{second}\n{}\n{}\n{}",
+        include_str!("../../../testbed/guest/lib.sh"),
+        include_str!("../../../testbed/guest/init.sh"),
+        include_str!("../../../testbed/src/record.rs"),
+    )
+    .as_bytes());
+    cached(
+        &format!("crash-ext4-{key:016x}"),
+        "truth.jsonl",
+        |dir| gammaray_testbed::CrashRecording::load(dir).map_err(|e| e.to_string()),
+        |tmp| {
+            let mut spec = RecordSpec::new(Workload::Edits, FsKind::Ext4, tmp);
+            spec.script = Some(second.to_string());
+            gammaray_testbed::record_crash(&spec, first)
+                .map(|_| ())
+                .map_err(|e| format!("recording the crash: {e}"))
+        },
+    )
+}
+
+/// Paths named by `ops` (arguments starting with `/`) and all their
+/// parent directories.
+pub fn touched(ops: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for o in ops {
+        let Some((_, args)) = gammaray_testbed::truth::split_op(o) else {
+            continue;
+        };
+        for a in args.into_iter().filter(|a| a.starts_with('/')) {
+            let mut p = a.as_str();
+            loop {
+                if !out.iter().any(|x| x == p) {
+                    out.push(p.to_string());
+                }
+                match p.rfind('/') {
+                    Some(0) if p.len() > 1 => p = "/",
+                    Some(i) if i > 0 => p = &p[..i],
+                    _ => break,
+                }
+            }
+        }
+    }
+    out
+}
