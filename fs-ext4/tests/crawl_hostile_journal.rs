@@ -10,10 +10,8 @@
 mod common;
 
 use std::path::Path;
-use std::sync::mpsc;
-use std::time::Duration;
 
-use common::{mkfs, pattern};
+use common::{bounded, mkfs, pattern};
 use gammaray_core::{Crawl, FileSystem, InferConfig, NoProgress};
 use gammaray_ext4::crawl::read_superblock;
 use gammaray_ext4::fuzzing::jbd2;
@@ -22,22 +20,6 @@ use gammaray_ext4::recovery;
 use gammaray_ext4::Ext4;
 
 const BS: usize = 4096;
-/// Every case must finish within this (a debug build; a hang fails it).
-const DEADLINE: Duration = Duration::from_secs(120);
-
-/// Runs `f` on a thread and fails when it panics or outlives [`DEADLINE`].
-fn bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(DEADLINE) {
-        Ok(v) => v,
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("crawl did not finish in {DEADLINE:?}"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("crawl panicked"),
-    }
-}
-
 /// A fresh 16 MiB ext4 image (4 KiB blocks) and its journal mapping.
 struct Img {
     bytes: Vec<u8>,
@@ -95,7 +77,7 @@ impl Img {
     /// Crawls (bounded), starts an inference on the result, and returns
     /// the crawl.
     fn crawl(self) -> Crawl {
-        bounded(move || {
+        bounded("crawl", move || {
             let c = Ext4.crawl(&self.bytes, &NoProgress).unwrap();
             let inf = Ext4.infer(&self.bytes, c.model.clone(), &InferConfig::default());
             assert!(inf.is_ok(), "inference did not start: {:?}", inf.err());

@@ -12,11 +12,10 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{mkfs, pattern, run};
+use common::{bounded, mkfs, pattern, run};
 use gammaray_core::{
     BlockDevice, DiskWrite, EventKind, FileDevice, FileEvent, FileSystem, FileType, FsModel,
     InferConfig, Inference, LostReason, NoProgress, OverlayDevice, Owner, WriteFlags,
@@ -24,22 +23,6 @@ use gammaray_core::{
 use gammaray_ext4::Ext4;
 
 const BS: u64 = 4096;
-
-/// Every case must finish within this (a debug build; a hang fails it).
-const DEADLINE: Duration = Duration::from_secs(120);
-
-/// Runs `f` on a thread and fails when it panics or outlives [`DEADLINE`].
-fn bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(DEADLINE) {
-        Ok(v) => v,
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("inference did not finish in {DEADLINE:?}"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("inference panicked"),
-    }
-}
 
 /// A small tree: a few files, nested directories.
 fn tree(root: &Path) {
@@ -290,7 +273,7 @@ fn xorshift(seed: u64) -> impl FnMut() -> u64 {
 /// contents come back, and a later change is still followed.
 #[test]
 fn garbage_in_inode_tables_and_directories() {
-    bounded(|| {
+    bounded("inference", || {
         let dir = tempfile::tempdir().unwrap();
         let img = no_journal(dir.path());
         let tables = blocks_of(&img, |o| matches!(o, Owner::InodeTable { .. }));
@@ -329,7 +312,7 @@ fn garbage_in_inode_tables_and_directories() {
 /// journal): growing it must not walk every logical block of the new size.
 #[test]
 fn huge_file_size_does_not_hang() {
-    bounded(|| {
+    bounded("inference", || {
         let dir = tempfile::tempdir().unwrap();
         let img = no_journal(dir.path());
         let after = changed(&img, "huge.img", "sif /big size 0x3fffffffffffffff\n");
@@ -350,7 +333,7 @@ fn huge_file_size_does_not_hang() {
 /// that straddle the end: see the next test.)
 #[test]
 fn malformed_requests() {
-    bounded(|| {
+    bounded("inference", || {
         let dir = tempfile::tempdir().unwrap();
         let img = no_journal(dir.path());
         let size = fs::metadata(&img).unwrap().len();
@@ -427,7 +410,7 @@ fn malformed_requests() {
 /// bad write, leaving the model out of step with the disk.)
 #[test]
 fn straddling_request_is_applied_like_the_overlay() {
-    bounded(|| {
+    bounded("inference", || {
         let dir = tempfile::tempdir().unwrap();
         let img = no_journal(dir.path());
         let size = fs::metadata(&img).unwrap().len();
@@ -457,7 +440,7 @@ fn straddling_request_is_applied_like_the_overlay() {
 /// silently nothing.
 #[test]
 fn free_space_flood_stays_within_budget() {
-    bounded(|| {
+    bounded("inference", || {
         let dir = tempfile::tempdir().unwrap();
         let img = no_journal(dir.path());
         let payload = dir.path().join("payload");
@@ -634,7 +617,7 @@ fn snapshot(rig: &Rig, path: &Path) {
 /// committed is applied (the control).
 #[test]
 fn uncommitted_transaction_applies_nothing() {
-    bounded(|| {
+    bounded("inference", || {
         let dir = tempfile::tempdir().unwrap();
         let j = journaled(dir.path());
         let (_, open) = j.logged("open", "mkdir /never\nlink /big /never-link\n", false);
@@ -666,7 +649,7 @@ fn uncommitted_transaction_applies_nothing() {
 /// counter; a later home write is still followed.
 #[test]
 fn forged_commit_blocks() {
-    bounded(|| {
+    bounded("inference", || {
         let dir = tempfile::tempdir().unwrap();
         let j = journaled(dir.path());
         let base = common::crawl(&j.img);
@@ -763,7 +746,7 @@ fn forged_commit_blocks() {
 /// the model equals a crawl of the real image.
 #[test]
 fn directory_loop_home() {
-    bounded(|| {
+    bounded("inference", || {
         let dir = tempfile::tempdir().unwrap();
         let img = no_journal(dir.path());
         let looped = changed(&img, "loop.img", "link /a /a/b/c/loop\n");
@@ -800,7 +783,7 @@ fn directory_loop_home() {
 /// `jw`); ground truth is the image debugfs changed home.
 #[test]
 fn directory_loop_in_a_committed_transaction() {
-    bounded(|| {
+    bounded("inference", || {
         let dir = tempfile::tempdir().unwrap();
         let j = journaled(dir.path());
         let (truth, logged) = j.logged("loop", "link /a/b /a/b/c/up\nlink / /a/b/c/root\n", true);
@@ -870,7 +853,7 @@ fn bad_extent_tree(make: impl FnOnce(&[u64]) -> (Vec<u8>, Vec<(u64, Vec<u8>)>)) 
 /// An extent index node whose child is its own block.
 #[test]
 fn extent_tree_pointing_at_itself() {
-    bounded(|| {
+    bounded("inference", || {
         bad_extent_tree(|free| {
             let b = free[0];
             (
@@ -885,7 +868,7 @@ fn extent_tree_pointing_at_itself() {
 /// real index block, and one whose levels all claim the same depth.
 #[test]
 fn extent_tree_too_deep() {
-    bounded(|| {
+    bounded("inference", || {
         bad_extent_tree(|free| {
             let chain = &free[..7];
             let mut nodes = Vec::new();
@@ -914,7 +897,7 @@ fn extent_tree_too_deep() {
 /// changes nothing.
 #[test]
 fn far_future_commit_is_ignored() {
-    bounded(|| {
+    bounded("inference", || {
         let dir = tempfile::tempdir().unwrap();
         let j = journaled(dir.path());
         let truth = changed(&j.img, "truth.img", "mkdir /made\n");
@@ -967,7 +950,7 @@ fn far_future_commit_is_ignored() {
 /// model empties (every file deleted) and comes back whole.
 #[test]
 fn whole_disk_zeroed_then_restored() {
-    bounded(|| {
+    bounded("inference", || {
         let dir = tempfile::tempdir().unwrap();
         let img = no_journal(dir.path());
         let size = fs::metadata(&img).unwrap().len();
@@ -996,7 +979,7 @@ fn whole_disk_zeroed_then_restored() {
 /// reported, but the new size must be.
 #[test]
 fn size_only_growth_still_reports_the_size() {
-    bounded(|| {
+    bounded("inference", || {
         let dir = tempfile::tempdir().unwrap();
         let img = no_journal(dir.path());
         let after = changed(&img, "grown.img", "sif /dir/f03 size 300000\n");

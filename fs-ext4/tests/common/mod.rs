@@ -375,3 +375,23 @@ pub fn fragmented_image(dir: &std::path::Path, holes: usize) -> (std::path::Path
     fsck_clean(&image);
     (image, big)
 }
+
+/// A hostile-input case must finish within this (a debug build; a hang
+/// fails it).
+pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Runs `f` on a thread and fails when it panics or outlives [`DEADLINE`];
+/// `what` names the work in the failure ("crawl", "inference").
+pub fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(DEADLINE) {
+        Ok(v) => v,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what} did not finish in {DEADLINE:?}")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked"),
+    }
+}
