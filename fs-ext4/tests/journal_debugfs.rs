@@ -6,6 +6,8 @@
 //! sequences and revokes. The logged copies must also equal the data that
 //! was written, after unescaping.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
@@ -17,16 +19,7 @@ use gammaray_ext4::journal::{self, JournalSuperblock, Transaction, JBD2_MAGIC};
 /// debugfs with the journal commands, or `None` (after saying so loudly)
 /// when it is missing and `GAMMARAY_REQUIRE_GUEST` is not set.
 fn have_debugfs() -> bool {
-    let help = Command::new("debugfs")
-        .args(["-R", "help", "/dev/null"])
-        .output();
-    let ok = match &help {
-        Ok(o) => {
-            let text = String::from_utf8_lossy(&o.stdout) + String::from_utf8_lossy(&o.stderr);
-            text.contains("journal_write") && text.contains("logdump")
-        }
-        Err(_) => false,
-    };
+    let ok = common::debugfs_has_journal_commands();
     if !ok {
         assert!(
             std::env::var_os("GAMMARAY_REQUIRE_GUEST").is_none(),

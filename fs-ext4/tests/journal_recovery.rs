@@ -31,16 +31,8 @@ use gammaray_ext4::Ext4;
 /// debugfs with the journal commands and e2fsck, or `false` (after saying
 /// so loudly) when missing and `GAMMARAY_REQUIRE_GUEST` is not set.
 fn have_tools() -> bool {
-    let help = Command::new("debugfs")
-        .args(["-R", "help", "/dev/null"])
-        .output();
-    let ok = match &help {
-        Ok(o) => {
-            let text = String::from_utf8_lossy(&o.stdout) + String::from_utf8_lossy(&o.stderr);
-            text.contains("journal_write") && text.contains("logdump")
-        }
-        Err(_) => false,
-    } && Command::new("e2fsck").arg("-V").output().is_ok();
+    let ok =
+        common::debugfs_has_journal_commands() && Command::new("e2fsck").arg("-V").output().is_ok();
     if !ok {
         assert!(
             std::env::var_os("GAMMARAY_REQUIRE_GUEST").is_none(),

@@ -395,3 +395,18 @@ pub fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'st
         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked"),
     }
 }
+
+/// Whether this machine's debugfs has the journal commands the journal
+/// tests drive (`journal_write`, `logdump`; e2fsprogs 1.43 or later).
+pub fn debugfs_has_journal_commands() -> bool {
+    match Command::new("debugfs")
+        .args(["-R", "help", "/dev/null"])
+        .output()
+    {
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout) + String::from_utf8_lossy(&o.stderr);
+            text.contains("journal_write") && text.contains("logdump")
+        }
+        Err(_) => false,
+    }
+}
